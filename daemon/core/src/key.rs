@@ -1,0 +1,240 @@
+//! WireGuard public keys as they travel through annotations and plans.
+//!
+//! Only public keys live here. The private key is `wireseal_keymgr::PrivateKey`, a
+//! different type, so that no code path can print, publish or plan with a secret.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use thiserror::Error;
+
+/// Length of a Curve25519 key in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// Length of a key in standard base64 (with one `=` of padding), as `wg` prints it.
+pub const KEY_BASE64_LEN: usize = 44;
+
+/// A validated X25519 public key.
+///
+/// Validation rejects what would make WireGuard fail silently or unsafely: a
+/// wrong length, the all-zero key and the small-order points of Curve25519 (a
+/// handshake with such a key yields an all-zero shared secret, which WireGuard
+/// refuses, so a peer with it can never come up).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicKey([u8; KEY_LEN]);
+
+/// Why a string or byte slice is not a usable public key.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KeyError {
+    /// Not standard base64 (RFC 4648 alphabet, padded).
+    #[error("not valid base64: {0}")]
+    Base64(String),
+    /// Decoded to the wrong number of bytes.
+    #[error("decodes to {0} bytes, a WireGuard key has 32")]
+    Length(usize),
+    /// All 32 bytes are zero: the "no key" marker of `wg`, never a real key.
+    #[error("is the all-zero key")]
+    AllZero,
+    /// A Curve25519 point of small order: every shared secret with it is zero.
+    #[error("is a low-order Curve25519 point, no handshake can succeed with it")]
+    LowOrder,
+}
+
+impl PublicKey {
+    /// Builds a key from raw bytes, rejecting the all-zero and low-order points.
+    ///
+    /// # Errors
+    /// [`KeyError::AllZero`] or [`KeyError::LowOrder`].
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Result<Self, KeyError> {
+        if bytes == [0; KEY_LEN] {
+            return Err(KeyError::AllZero);
+        }
+        if is_low_order(&bytes) {
+            return Err(KeyError::LowOrder);
+        }
+        Ok(Self(bytes))
+    }
+
+    /// Parses the standard base64 form that `wg pubkey` prints.
+    ///
+    /// # Errors
+    /// Any [`KeyError`].
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        let bytes = decode_key_bytes(text)?;
+        Self::from_bytes(bytes)
+    }
+
+    /// The raw key bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// The standard base64 form, as `wg` prints it.
+    #[must_use]
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    /// A short, stable prefix of the base64 form for log fields.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        let mut text = self.to_base64();
+        text.truncate(8);
+        text
+    }
+}
+
+/// Decodes 32 key bytes from standard base64, with length checks that name the
+/// problem. Shared with the private-key parser in keymgr, which must accept
+/// exactly what `wg genkey` prints.
+///
+/// # Errors
+/// [`KeyError::Base64`] or [`KeyError::Length`].
+pub fn decode_key_bytes(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
+    // Checking the length first keeps a hostile megabyte value from being decoded.
+    if text.len() != KEY_BASE64_LEN {
+        if text.len() > 4 * KEY_BASE64_LEN {
+            return Err(KeyError::Length(text.len() / 4 * 3));
+        }
+        return Err(match STANDARD.decode(text) {
+            Ok(bytes) => KeyError::Length(bytes.len()),
+            Err(err) => KeyError::Base64(err.to_string()),
+        });
+    }
+    let decoded = STANDARD
+        .decode(text.as_bytes())
+        .map_err(|err| KeyError::Base64(err.to_string()))?;
+    <[u8; KEY_LEN]>::try_from(decoded.as_slice()).map_err(|_| KeyError::Length(decoded.len()))
+}
+
+/// True when `point` has small order on Curve25519.
+///
+/// X25519 with any clamped scalar multiplies by a multiple of the cofactor 8, so
+/// it maps exactly the small-order points (and their non-canonical encodings) to
+/// zero. Using the scalar multiplication itself avoids keeping a hand-copied
+/// blacklist in sync with the curve.
+fn is_low_order(point: &[u8; KEY_LEN]) -> bool {
+    // Any fixed scalar works; clamping inside `x25519` makes it a multiple of 8.
+    const PROBE_SCALAR: [u8; KEY_LEN] = [0x42; KEY_LEN];
+    x25519_dalek::x25519(PROBE_SCALAR, *point) == [0; KEY_LEN]
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.to_base64())
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::from_base64(text)
+    }
+}
+
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_base64())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::from_base64(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The small-order points of Curve25519 in little-endian encoding (the list
+    /// libsodium and WireGuard implementations reject), plus non-canonical forms.
+    const LOW_ORDER: [[u8; 32]; 6] = [
+        {
+            let mut k = [0u8; 32];
+            k[0] = 1;
+            k
+        },
+        [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
+            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
+            0x5f, 0x49, 0xb8, 0x00,
+        ],
+        [
+            0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83,
+            0xef, 0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd,
+            0xd0, 0x9f, 0x11, 0x57,
+        ],
+        {
+            // p - 1
+            let mut k = [0xff; 32];
+            k[0] = 0xec;
+            k[31] = 0x7f;
+            k
+        },
+        {
+            // p (non-canonical zero)
+            let mut k = [0xff; 32];
+            k[0] = 0xed;
+            k[31] = 0x7f;
+            k
+        },
+        {
+            // p + 1 (non-canonical one)
+            let mut k = [0xff; 32];
+            k[0] = 0xee;
+            k[31] = 0x7f;
+            k
+        },
+    ];
+
+    #[test]
+    fn rejects_every_low_order_point() {
+        for point in LOW_ORDER {
+            assert_eq!(
+                PublicKey::from_bytes(point),
+                Err(KeyError::LowOrder),
+                "{point:02x?}"
+            );
+        }
+        assert_eq!(PublicKey::from_bytes([0; 32]), Err(KeyError::AllZero));
+    }
+
+    #[test]
+    fn accepts_a_real_key_and_round_trips() {
+        // Public key of the RFC 7748 test vector Alice.
+        let text = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+        let key: PublicKey = text.parse().unwrap();
+        assert_eq!(key.to_string(), text);
+        assert_eq!(key.fingerprint(), "hSDwCYkw");
+        assert_eq!(format!("{key:?}"), format!("PublicKey({text})"));
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(serde_json::from_str::<PublicKey>(&json).unwrap(), key);
+    }
+
+    #[test]
+    fn names_length_and_alphabet_problems() {
+        assert_eq!(PublicKey::from_base64("AAAA"), Err(KeyError::Length(3)));
+        assert!(matches!(
+            PublicKey::from_base64("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTm!="),
+            Err(KeyError::Base64(_))
+        ));
+        let huge = "A".repeat(1 << 20);
+        assert!(matches!(
+            PublicKey::from_base64(&huge),
+            Err(KeyError::Length(_))
+        ));
+    }
+}

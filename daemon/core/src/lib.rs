@@ -1,0 +1,13 @@
+//! The pure core of wireseal.
+//!
+//! Everything here is a function of its inputs: the Node view built from
+//! Kubernetes Node objects, the `wireseal.dev/` annotation codec with its
+//! validation, the desired state of the node's WireGuard device, routes and
+//! policy rules, and the plan that turns an observed state into the desired one.
+//! No I/O, no clock, no randomness; ordered collections only, so the same inputs
+//! always give the same plan.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod key;
+
+pub use key::{KeyError, PublicKey};

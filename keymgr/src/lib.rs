@@ -1,0 +1,1 @@
+//! wireseal's private keys.
