@@ -8,6 +8,19 @@
 //! always give the same plan.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod annotation;
+pub mod desired;
 pub mod key;
+pub mod node;
+pub mod plan;
+pub mod state;
 
+pub use annotation::{DatapathKind, NodeInputError, NodeStatus};
+pub use desired::{Desired, MeshConfig, NodeOutcome, PeerIssue, desired};
 pub use key::{KeyError, PublicKey};
+pub use node::NodeView;
+pub use plan::{DevicePlan, LinkPlan, Plan, RoutingPlan, plan};
+pub use state::{
+    DesiredState, DeviceSpec, Family, LinkSpec, ObservedDevice, ObservedState, PeerConfig,
+    RouteSpec, RuleSpec,
+};

@@ -1,0 +1,279 @@
+//! `desired(self, nodes, config)`: from the Node views to the state wireseal
+//! wants on this node, with a per-node account of why a node is or is not a peer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use ipnetwork::IpNetwork;
+use thiserror::Error;
+
+use crate::annotation::{NodeInputError, overlaps};
+use crate::key::PublicKey;
+use crate::node::NodeView;
+use crate::state::{DesiredState, DeviceSpec, Family, LinkSpec, PeerConfig, RouteSpec, RuleSpec};
+
+/// Settings of the local node that shape the desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// Tunnel interface name.
+    pub interface: String,
+    /// WireGuard UDP listen port.
+    pub listen_port: u16,
+    /// fwmark of the datapath's own packets.
+    pub fwmark: u32,
+    /// wireseal's routing table.
+    pub route_table: u32,
+    /// Priority of wireseal's policy rules.
+    pub rule_priority: u32,
+    /// Resolved tunnel MTU (interface and routes).
+    pub mtu: u32,
+    /// Persistent keepalive for every peer, in seconds.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// Why a remote node is not (fully) a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PeerIssue {
+    /// A value on the Node is invalid (see the error).
+    #[error("{0}")]
+    InvalidInput(NodeInputError),
+    /// No `wireseal.dev/public-key` yet (its agent has not started, or it has no wireseal).
+    #[error("no public key published")]
+    MissingKey,
+    /// The same public key is published by other nodes; none of them is programmed,
+    /// because WireGuard could not tell their packets apart.
+    #[error("public key also claimed by {}", others.join(", "))]
+    DuplicateKey {
+        /// The other nodes claiming it.
+        others: Vec<String>,
+    },
+    /// The node publishes this node's own public key.
+    #[error("publishes this node's own public key")]
+    KeyIsOurs,
+    /// No pod CIDR is left to route to this node.
+    #[error("no pod CIDRs")]
+    NoPodCidrs,
+    /// A pod CIDR overlaps another node's; it is left out on both.
+    #[error("pod CIDR {cidr} overlaps {other_cidr} of node {other}")]
+    CidrConflict {
+        /// This node's CIDR.
+        cidr: IpNetwork,
+        /// The other node.
+        other: String,
+        /// The other node's CIDR.
+        other_cidr: IpNetwork,
+    },
+    /// Neither an endpoint nor an InternalIP: this node cannot start a handshake
+    /// to it, but it can still reach us.
+    #[error("no endpoint and no InternalIP; only it can start the handshake")]
+    NoEndpoint,
+}
+
+/// What became of one remote node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeOutcome {
+    /// Its key, when it was made a peer.
+    pub peer: Option<PublicKey>,
+    /// Problems found, whether or not it became a peer.
+    pub issues: Vec<PeerIssue>,
+}
+
+/// The desired state plus the account of every remote node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// What wireseal wants on this node.
+    pub state: DesiredState,
+    /// Remote nodes by name (this node excluded).
+    pub nodes: BTreeMap<String, NodeOutcome>,
+    /// The node each peer key belongs to.
+    pub peer_nodes: BTreeMap<PublicKey, String>,
+}
+
+/// Computes the desired state of node `self_name`, whose device uses `self_key`.
+///
+/// Never peers with itself; a node with a missing or invalid key, or a key
+/// claimed by two nodes, gets no peer and is reported in [`Desired::nodes`].
+#[must_use]
+pub fn desired(
+    self_name: &str,
+    self_key: &PublicKey,
+    nodes: &[NodeView],
+    config: &MeshConfig,
+) -> Desired {
+    let mut outcomes: BTreeMap<String, NodeOutcome> = BTreeMap::new();
+    let mut own_cidrs: &[IpNetwork] = &[];
+    let mut remotes: BTreeMap<&str, &NodeView> = BTreeMap::new();
+    for node in nodes {
+        if node.name == self_name {
+            own_cidrs = &node.pod_cidrs;
+        } else {
+            // A repeated name (not possible from one API server) keeps the last.
+            remotes.insert(&node.name, node);
+        }
+    }
+
+    let mut by_key: BTreeMap<PublicKey, Vec<&str>> = BTreeMap::new();
+    for (name, node) in &remotes {
+        let outcome = outcomes.entry((*name).to_owned()).or_default();
+        outcome
+            .issues
+            .extend(node.problems.iter().cloned().map(PeerIssue::InvalidInput));
+        match node.public_key {
+            Some(key) if key == *self_key => outcome.issues.push(PeerIssue::KeyIsOurs),
+            Some(key) => by_key.entry(key).or_default().push(name),
+            None if node.problems.is_empty() => outcome.issues.push(PeerIssue::MissingKey),
+            None => {}
+        }
+    }
+
+    let mut candidates: BTreeMap<&str, PublicKey> = BTreeMap::new();
+    for (key, names) in &by_key {
+        if let [single] = names.as_slice() {
+            candidates.insert(single, *key);
+            continue;
+        }
+        for name in names {
+            let others = names
+                .iter()
+                .filter(|n| *n != name)
+                .map(|n| (*n).to_owned())
+                .collect();
+            outcomes
+                .entry((*name).to_owned())
+                .or_default()
+                .issues
+                .push(PeerIssue::DuplicateKey { others });
+        }
+    }
+
+    let allowed = allowed_cidrs(&candidates, &remotes, own_cidrs, &mut outcomes);
+
+    let mut peers = BTreeMap::new();
+    let mut peer_nodes = BTreeMap::new();
+    let mut routes = BTreeMap::new();
+    for (name, key) in &candidates {
+        let node = remotes[name];
+        let outcome = outcomes.entry((*name).to_owned()).or_default();
+        let cidrs = allowed.get(name).cloned().unwrap_or_default();
+        if cidrs.is_empty() {
+            outcome.issues.push(PeerIssue::NoPodCidrs);
+            continue;
+        }
+        let endpoint = endpoint_of(node, config.listen_port);
+        if endpoint.is_none() {
+            outcome.issues.push(PeerIssue::NoEndpoint);
+        }
+        for cidr in &cidrs {
+            routes.insert(
+                *cidr,
+                RouteSpec {
+                    dst: *cidr,
+                    dev: config.interface.clone(),
+                    mtu: config.mtu,
+                },
+            );
+        }
+        peers.insert(
+            *key,
+            PeerConfig {
+                endpoint,
+                allowed_ips: cidrs,
+                persistent_keepalive: config.persistent_keepalive,
+            },
+        );
+        peer_nodes.insert(*key, (*name).to_owned());
+        outcome.peer = Some(*key);
+    }
+
+    let rules = routes
+        .keys()
+        .map(Family::of)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|family| RuleSpec {
+            family,
+            priority: config.rule_priority,
+            table: config.route_table,
+            fwmark: config.fwmark,
+        })
+        .collect();
+
+    Desired {
+        state: DesiredState {
+            link: LinkSpec {
+                name: config.interface.clone(),
+                mtu: config.mtu,
+            },
+            device: DeviceSpec {
+                public_key: *self_key,
+                listen_port: config.listen_port,
+                fwmark: config.fwmark,
+                peers,
+            },
+            routes,
+            rules,
+        },
+        nodes: outcomes,
+        peer_nodes,
+    }
+}
+
+/// The pod CIDRs each candidate may be given: a CIDR overlapping this node's
+/// own pod CIDRs, or another node's, would make WireGuard's allowed-IPs
+/// ambiguous (the last writer wins), so it is left out on every node involved.
+fn allowed_cidrs<'a>(
+    candidates: &BTreeMap<&'a str, PublicKey>,
+    remotes: &BTreeMap<&str, &NodeView>,
+    own_cidrs: &[IpNetwork],
+    outcomes: &mut BTreeMap<String, NodeOutcome>,
+) -> BTreeMap<&'a str, BTreeSet<IpNetwork>> {
+    // Every remote node's CIDRs count for conflicts, programmed or not: a node
+    // with a bad key still owns its pods' addresses.
+    let claims: Vec<(&str, IpNetwork)> = remotes
+        .iter()
+        .flat_map(|(name, node)| node.pod_cidrs.iter().map(move |cidr| (*name, *cidr)))
+        .collect();
+    let mut allowed = BTreeMap::new();
+    for name in candidates.keys() {
+        let mut cidrs = BTreeSet::new();
+        for cidr in &remotes[name].pod_cidrs {
+            let conflict = own_cidrs
+                .iter()
+                .find(|own| overlaps(**own, *cidr))
+                .map(|own| (String::from("(this node)"), *own))
+                .or_else(|| {
+                    claims
+                        .iter()
+                        .find(|(other, other_cidr)| other != name && overlaps(*other_cidr, *cidr))
+                        .map(|(other, other_cidr)| ((*other).to_owned(), *other_cidr))
+                });
+            match conflict {
+                Some((other, other_cidr)) => {
+                    outcomes.entry((*name).to_owned()).or_default().issues.push(
+                        PeerIssue::CidrConflict {
+                            cidr: *cidr,
+                            other,
+                            other_cidr,
+                        },
+                    );
+                }
+                None => {
+                    cidrs.insert(*cidr);
+                }
+            }
+        }
+        allowed.insert(*name, cidrs);
+    }
+    allowed
+}
+
+fn endpoint_of(node: &NodeView, default_port: u16) -> Option<SocketAddr> {
+    node.endpoint.or_else(|| {
+        node.internal_ip()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
+}
+
+#[cfg(test)]
+#[path = "desired_tests.rs"]
+mod tests;

@@ -1,0 +1,203 @@
+use super::*;
+use crate::annotation::{Field, InputErrorKind};
+
+/// A valid public key per index: X25519 of a fixed scalar.
+pub(crate) fn key(i: u8) -> PublicKey {
+    let public = x25519_dalek::x25519(
+        [i.wrapping_add(1); 32],
+        x25519_dalek::X25519_BASEPOINT_BYTES,
+    );
+    PublicKey::from_bytes(public).unwrap()
+}
+
+pub(crate) fn config() -> MeshConfig {
+    MeshConfig {
+        interface: "wireseal0".into(),
+        listen_port: 51830,
+        fwmark: 0x1000_0000,
+        route_table: 51830,
+        rule_priority: 90,
+        mtu: 1440,
+        persistent_keepalive: Some(25),
+    }
+}
+
+fn view(name: &str, key_index: Option<u8>, cidrs: &[&str], ip: &str) -> NodeView {
+    NodeView {
+        name: name.into(),
+        addresses: vec![crate::node::NodeAddress {
+            kind: crate::node::AddressKind::Internal,
+            ip: ip.parse().unwrap(),
+        }],
+        pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        public_key: key_index.map(key),
+        ..NodeView::default()
+    }
+}
+
+fn cluster() -> Vec<NodeView> {
+    vec![
+        view("a", Some(0), &["10.244.0.0/24"], "192.0.2.10"),
+        view(
+            "b",
+            Some(1),
+            &["10.244.1.0/24", "fd00:244:1::/64"],
+            "192.0.2.11",
+        ),
+        view("c", Some(2), &["10.244.2.0/24"], "192.0.2.12"),
+    ]
+}
+
+#[test]
+fn peers_are_the_other_nodes() {
+    let d = desired("a", &key(0), &cluster(), &config());
+    let peers: Vec<_> = d.state.device.peers.keys().copied().collect();
+    assert_eq!(peers.len(), 2);
+    assert!(peers.contains(&key(1)) && peers.contains(&key(2)));
+    assert_eq!(d.peer_nodes[&key(1)], "b");
+    let b = &d.state.device.peers[&key(1)];
+    assert_eq!(b.endpoint.unwrap().to_string(), "192.0.2.11:51830");
+    assert_eq!(b.allowed_ips.len(), 2);
+    assert_eq!(b.persistent_keepalive, Some(25));
+    assert_eq!(d.state.routes.len(), 3);
+    assert!(
+        d.state
+            .routes
+            .values()
+            .all(|r| r.dev == "wireseal0" && r.mtu == 1440)
+    );
+    assert_eq!(
+        d.state.rules.iter().map(|r| r.family).collect::<Vec<_>>(),
+        vec![Family::V4, Family::V6]
+    );
+    assert!(d.nodes.values().all(|o| o.issues.is_empty()));
+    assert!(!d.nodes.contains_key("a"));
+}
+
+#[test]
+fn a_published_endpoint_wins_over_the_internal_ip() {
+    let mut nodes = cluster();
+    nodes[1].endpoint = Some("198.51.100.7:4000".parse().unwrap());
+    let d = desired("a", &key(0), &nodes, &config());
+    assert_eq!(
+        d.state.device.peers[&key(1)].endpoint.unwrap().to_string(),
+        "198.51.100.7:4000"
+    );
+}
+
+#[test]
+fn duplicate_keys_program_neither_node() {
+    let mut nodes = cluster();
+    nodes.push(view("d", Some(2), &["10.244.3.0/24"], "192.0.2.13"));
+    let d = desired("a", &key(0), &nodes, &config());
+    assert_eq!(
+        d.state.device.peers.keys().copied().collect::<Vec<_>>(),
+        vec![key(1)]
+    );
+    assert_eq!(
+        d.nodes["c"].issues,
+        vec![PeerIssue::DuplicateKey {
+            others: vec!["d".into()]
+        }]
+    );
+    assert_eq!(
+        d.nodes["d"].issues,
+        vec![PeerIssue::DuplicateKey {
+            others: vec!["c".into()]
+        }]
+    );
+    assert_eq!(d.nodes["c"].peer, None);
+}
+
+#[test]
+fn a_node_claiming_our_key_is_not_a_peer() {
+    let mut nodes = cluster();
+    nodes[2].public_key = Some(key(0));
+    let d = desired("a", &key(0), &nodes, &config());
+    assert_eq!(d.nodes["c"].issues, vec![PeerIssue::KeyIsOurs]);
+    assert!(!d.state.device.peers.contains_key(&key(0)));
+}
+
+#[test]
+fn missing_or_invalid_keys_are_reported() {
+    let mut nodes = cluster();
+    nodes[1].public_key = None;
+    nodes[2].public_key = None;
+    nodes[2].problems.push(NodeInputError::new(
+        "c",
+        Field::Annotation(crate::annotation::PUBLIC_KEY),
+        "garbage",
+        InputErrorKind::Empty,
+    ));
+    let d = desired("a", &key(0), &nodes, &config());
+    assert!(d.state.device.peers.is_empty());
+    assert!(
+        d.state.rules.is_empty(),
+        "no rule without a route to steer to"
+    );
+    assert_eq!(d.nodes["b"].issues, vec![PeerIssue::MissingKey]);
+    assert!(matches!(
+        d.nodes["c"].issues[..],
+        [PeerIssue::InvalidInput(_)]
+    ));
+}
+
+#[test]
+fn overlapping_pod_cidrs_are_left_out_on_both_sides() {
+    let mut nodes = cluster();
+    nodes[2].pod_cidrs.push("10.244.1.128/25".parse().unwrap());
+    nodes.push(view("d", Some(3), &["10.244.0.0/25"], "192.0.2.13"));
+    let d = desired("a", &key(0), &nodes, &config());
+    let b = &d.state.device.peers[&key(1)];
+    assert_eq!(
+        b.allowed_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["fd00:244:1::/64"]
+    );
+    let c = &d.state.device.peers[&key(2)];
+    assert_eq!(
+        c.allowed_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["10.244.2.0/24"]
+    );
+    // d overlaps our own CIDR: it has nothing left and is not a peer.
+    assert!(!d.state.device.peers.contains_key(&key(3)));
+    assert!(matches!(
+        d.nodes["d"].issues[..],
+        [PeerIssue::CidrConflict { .. }, PeerIssue::NoPodCidrs]
+    ));
+    assert!(
+        !d.state
+            .routes
+            .contains_key(&"10.244.1.0/24".parse().unwrap())
+    );
+}
+
+#[test]
+fn a_node_without_pod_cidrs_or_address() {
+    let mut nodes = cluster();
+    nodes[1].pod_cidrs.clear();
+    nodes[2].addresses.clear();
+    let d = desired("a", &key(0), &nodes, &config());
+    assert_eq!(d.nodes["b"].issues, vec![PeerIssue::NoPodCidrs]);
+    assert_eq!(d.nodes["c"].issues, vec![PeerIssue::NoEndpoint]);
+    assert_eq!(d.state.device.peers[&key(2)].endpoint, None);
+}
+
+#[test]
+fn unknown_self_still_yields_peers() {
+    let d = desired("not-registered-yet", &key(9), &cluster(), &config());
+    assert_eq!(d.state.device.peers.len(), 3);
+}
+
+#[test]
+fn issues_display_readably() {
+    let issue = PeerIssue::DuplicateKey {
+        others: vec!["x".into(), "y".into()],
+    };
+    assert_eq!(issue.to_string(), "public key also claimed by x, y");
+}

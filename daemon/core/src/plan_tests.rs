@@ -1,0 +1,295 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::desired::{MeshConfig, desired};
+use crate::node::{AddressKind, NodeAddress, NodeView};
+use crate::state::{Family, ObservedDevice};
+
+fn key(i: u8) -> PublicKey {
+    let public = x25519_dalek::x25519(
+        [i.wrapping_add(1); 32],
+        x25519_dalek::X25519_BASEPOINT_BYTES,
+    );
+    PublicKey::from_bytes(public).unwrap()
+}
+
+fn config(mtu: u32) -> MeshConfig {
+    MeshConfig {
+        interface: "wireseal0".into(),
+        listen_port: 51830,
+        fwmark: 0x1000_0000,
+        route_table: 51830,
+        rule_priority: 90,
+        mtu,
+        persistent_keepalive: None,
+    }
+}
+
+fn cidr_pool() -> Vec<IpNetwork> {
+    [
+        "10.244.0.0/24",
+        "10.244.1.0/24",
+        "10.244.2.0/24",
+        "10.244.3.0/24",
+        "10.244.0.0/16",
+        "10.244.2.128/25",
+        "fd00:244:1::/64",
+        "fd00:244:2::/64",
+        "fd00:244::/48",
+    ]
+    .iter()
+    .map(|c| c.parse().unwrap())
+    .collect()
+}
+
+prop_compose! {
+    /// A node drawn from small pools, so duplicate keys, overlapping CIDRs,
+    /// missing keys and our own name all turn up often.
+    fn arb_node()(
+        name in 0u8..6,
+        key_index in proptest::option::weighted(0.85, 0u8..7),
+        cidrs in proptest::sample::subsequence(cidr_pool(), 0..3),
+        has_endpoint in any::<bool>(),
+        host in 1u8..250,
+    ) -> NodeView {
+        NodeView {
+            name: format!("n{name}"),
+            addresses: vec![NodeAddress { kind: AddressKind::Internal, ip: [192, 0, 2, host].into() }],
+            pod_cidrs: cidrs,
+            public_key: key_index.map(key),
+            endpoint: has_endpoint.then(|| ([198, 51, 100, host], 51830).into()),
+            ..NodeView::default()
+        }
+    }
+}
+
+prop_compose! {
+    fn arb_peer()(
+        cidrs in proptest::sample::subsequence(cidr_pool(), 0..3),
+        port in proptest::option::of(1u16..3),
+        keepalive in proptest::option::of(Just(25u16)),
+    ) -> PeerConfig {
+        PeerConfig {
+            endpoint: port.map(|p| ([192, 0, 2, 10], 51830 + p).into()),
+            allowed_ips: cidrs.into_iter().collect(),
+            persistent_keepalive: keepalive,
+        }
+    }
+}
+
+prop_compose! {
+    /// Whatever may be on a node: nothing, a half-configured device, stale
+    /// peers, foreign MTUs, stray routes and rules in our table.
+    fn arb_observed()(
+        link_mtu in proptest::option::of(prop_oneof![Just(1420u32), Just(1440), Just(1500)]),
+        device in proptest::option::of((
+            proptest::option::of(0u8..8),
+            prop_oneof![Just(0u16), Just(51830)],
+            prop_oneof![Just(0u32), Just(0x1000_0000)],
+            proptest::collection::btree_map(0u8..8, arb_peer(), 0..5),
+        )),
+        routes in proptest::sample::subsequence(cidr_pool(), 0..5),
+        route_mtu in prop_oneof![Just(1420u32), Just(1440)],
+        rules in proptest::sample::subsequence(vec![(Family::V4, 90u32), (Family::V6, 90), (Family::V4, 91)], 0..3),
+    ) -> ObservedState {
+        ObservedState {
+            link: link_mtu.map(|mtu| LinkSpec { name: "wireseal0".into(), mtu }),
+            device: device.map(|(own, listen_port, fwmark, peers)| ObservedDevice {
+                public_key: own.map(key),
+                listen_port,
+                fwmark,
+                peers: peers.into_iter().map(|(k, p)| (key(k), p)).collect(),
+            }),
+            routes: routes
+                .into_iter()
+                .map(|dst| (dst, RouteSpec { dst, dev: "wireseal0".into(), mtu: route_mtu }))
+                .collect(),
+            rules: rules
+                .into_iter()
+                .map(|(family, priority)| RuleSpec { family, priority, table: 51830, fwmark: 0x1000_0000 })
+                .collect(),
+        }
+    }
+}
+
+fn self_key(i: u8) -> PublicKey {
+    key(i % 7)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// Applying a plan and planning again gives nothing to do, and the node
+    /// then holds exactly the desired state.
+    #[test]
+    fn replan_after_apply_is_empty(
+        nodes in proptest::collection::vec(arb_node(), 0..8),
+        observed in arb_observed(),
+        me in 0u8..6,
+        own in 0u8..7,
+        mtu in prop_oneof![Just(1420u32), Just(1440)],
+    ) {
+        let d = desired(&format!("n{me}"), &self_key(own), &nodes, &config(mtu));
+        let first = plan(&d.state, &observed);
+        let mut after = observed;
+        after.apply(&first);
+        let second = plan(&d.state, &after);
+        prop_assert!(second.is_empty(), "second plan not empty: {second:?}");
+        prop_assert_eq!(after.link.as_ref(), Some(&d.state.link));
+        let device = after.device.as_ref().unwrap();
+        prop_assert_eq!(&device.peers, &d.state.device.peers);
+        prop_assert_eq!(&after.routes, &d.state.routes);
+        prop_assert_eq!(&after.rules, &d.state.rules);
+    }
+
+    /// The same nodes in any order give the same desired state and plan.
+    #[test]
+    fn same_inputs_same_plan(
+        nodes in proptest::collection::vec(arb_node(), 0..8).prop_shuffle(),
+        observed in arb_observed(),
+        me in 0u8..6,
+    ) {
+        // Names are unique in a real cluster; keep the last of each, as desired() does.
+        let mut unique: BTreeMap<String, NodeView> = BTreeMap::new();
+        for node in &nodes {
+            unique.insert(node.name.clone(), node.clone());
+        }
+        let forward: Vec<NodeView> = unique.values().cloned().collect();
+        let backward: Vec<NodeView> = unique.values().rev().cloned().collect();
+        let name = format!("n{me}");
+        let a = desired(&name, &key(0), &forward, &config(1440));
+        let b = desired(&name, &key(0), &backward, &config(1440));
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(plan(&a.state, &observed), plan(&b.state, &observed));
+    }
+
+    /// Never a peer for ourselves, by name or by key.
+    #[test]
+    fn never_peers_with_self(
+        nodes in proptest::collection::vec(arb_node(), 0..8),
+        me in 0u8..6,
+        own in 0u8..7,
+    ) {
+        let name = format!("n{me}");
+        let d = desired(&name, &self_key(own), &nodes, &config(1440));
+        prop_assert!(!d.state.device.peers.contains_key(&self_key(own)));
+        prop_assert!(d.peer_nodes.values().all(|n| *n != name));
+        prop_assert!(!d.nodes.contains_key(&name));
+    }
+
+    /// A plan never removes a peer that is still desired (that would reset its
+    /// session), and the peers it keeps have disjoint allowed IPs.
+    #[test]
+    fn never_removes_a_desired_peer(
+        nodes in proptest::collection::vec(arb_node(), 0..8),
+        observed in arb_observed(),
+        me in 0u8..6,
+    ) {
+        let d = desired(&format!("n{me}"), &key(0), &nodes, &config(1440));
+        let p = plan(&d.state, &observed);
+        for removed in &p.device.remove_peers {
+            prop_assert!(!d.state.device.peers.contains_key(removed));
+        }
+        let peers: Vec<&PeerConfig> = d.state.device.peers.values().collect();
+        for (i, peer) in peers.iter().enumerate() {
+            for other in &peers[i + 1..] {
+                for ip in &peer.allowed_ips {
+                    prop_assert!(
+                        !other.allowed_ips.iter().any(|o| crate::annotation::overlaps(*o, *ip)),
+                        "{ip} given to two peers"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nothing_on_the_node_plans_everything_in_order() {
+    let nodes = vec![NodeView {
+        name: "b".into(),
+        pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+        public_key: Some(key(1)),
+        endpoint: Some("192.0.2.11:51830".parse().unwrap()),
+        ..NodeView::default()
+    }];
+    let d = desired("a", &key(0), &nodes, &config(1440));
+    let p = plan(&d.state, &ObservedState::default());
+    assert_eq!(
+        p.link.create,
+        Some(LinkSpec {
+            name: "wireseal0".into(),
+            mtu: 1440
+        })
+    );
+    assert_eq!(p.device.set_private_key, Some(key(0)));
+    assert_eq!(p.device.listen_port, Some(51830));
+    assert_eq!(p.device.fwmark, Some(0x1000_0000));
+    assert_eq!(p.device.upsert_peers.len(), 1);
+    assert_eq!(p.routing.add_routes.len(), 1);
+    assert_eq!(p.routing.add_rules.len(), 1);
+    assert_eq!(p.len(), 7);
+}
+
+#[test]
+fn a_rekeyed_node_adds_the_new_peer_and_removes_the_old() {
+    let node = |k| NodeView {
+        name: "b".into(),
+        pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+        public_key: Some(key(k)),
+        endpoint: Some("192.0.2.11:51830".parse().unwrap()),
+        ..NodeView::default()
+    };
+    let before = desired("a", &key(0), &[node(1)], &config(1440));
+    let mut observed = ObservedState::default();
+    observed.apply(&plan(&before.state, &observed));
+    let after = desired("a", &key(0), &[node(2)], &config(1440));
+    let p = plan(&after.state, &observed);
+    assert_eq!(
+        p.device.upsert_peers.keys().copied().collect::<Vec<_>>(),
+        vec![key(2)]
+    );
+    assert_eq!(
+        p.device.remove_peers.iter().copied().collect::<Vec<_>>(),
+        vec![key(1)]
+    );
+    assert!(
+        p.routing.is_empty(),
+        "routes and rules stay: {:?}",
+        p.routing
+    );
+    assert_eq!(p.len(), 2);
+}
+
+#[test]
+fn an_mtu_change_replaces_routes_and_sets_the_link() {
+    let nodes = vec![NodeView {
+        name: "b".into(),
+        pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+        public_key: Some(key(1)),
+        ..NodeView::default()
+    }];
+    let mut observed = ObservedState::default();
+    observed.apply(&plan(
+        &desired("a", &key(0), &nodes, &config(1440)).state,
+        &observed,
+    ));
+    let p = plan(
+        &desired("a", &key(0), &nodes, &config(1420)).state,
+        &observed,
+    );
+    assert_eq!(p.link.set_mtu, Some(1420));
+    assert_eq!(p.routing.add_routes.len(), 1);
+    assert!(p.routing.remove_routes.is_empty());
+    assert!(p.device.is_empty());
+}
+
+#[test]
+fn tunnel_mtu_follows_the_underlay() {
+    use crate::state::tunnel_mtu;
+    assert_eq!(tunnel_mtu(1500, Family::V4), Some(1440));
+    assert_eq!(tunnel_mtu(1500, Family::V6), Some(1420));
+    assert_eq!(tunnel_mtu(9001, Family::V4), Some(8941));
+    assert_eq!(tunnel_mtu(1300, Family::V4), None);
+    assert_eq!(tunnel_mtu(40, Family::V6), None);
+}

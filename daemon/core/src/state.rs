@@ -1,0 +1,166 @@
+//! The shapes shared by the desired and the observed state: the tunnel link, the
+//! WireGuard device with its peers, the routes in wireseal's table and the
+//! policy rules. Both datapaths (kernel and userspace) are described by the same
+//! types; routes and rules are the same for both.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::key::PublicKey;
+
+/// IPv4 or IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// The family of a network.
+    #[must_use]
+    pub fn of(net: &IpNetwork) -> Self {
+        match net {
+            IpNetwork::V4(_) => Self::V4,
+            IpNetwork::V6(_) => Self::V6,
+        }
+    }
+
+    /// Bytes WireGuard adds to each packet on an underlay of this family:
+    /// outer IP header (20 / 40) + UDP (8) + WireGuard data header (16) + tag (16).
+    #[must_use]
+    pub fn wireguard_overhead(self) -> u32 {
+        match self {
+            Self::V4 => 60,
+            Self::V6 => 80,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V4 => "ipv4",
+            Self::V6 => "ipv6",
+        })
+    }
+}
+
+/// The tunnel MTU for an underlay path MTU, or `None` when the underlay is too
+/// small to carry even the IPv6 minimum (1280) through the tunnel.
+#[must_use]
+pub fn tunnel_mtu(underlay_mtu: u32, underlay: Family) -> Option<u32> {
+    let mtu = underlay_mtu.checked_sub(underlay.wireguard_overhead())?;
+    (mtu >= MIN_TUNNEL_MTU).then_some(mtu)
+}
+
+/// The smallest tunnel MTU wireseal configures: IPv6's minimum link MTU.
+pub const MIN_TUNNEL_MTU: u32 = 1280;
+
+/// The tunnel network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// Interface name, e.g. `wireseal0`.
+    pub name: String,
+    /// Interface MTU.
+    pub mtu: u32,
+}
+
+/// What wireseal configures on one WireGuard peer. The same on both datapaths.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerConfig {
+    /// Where to send this peer's packets; `None` until known (the peer can still
+    /// reach us, and we learn its endpoint from its first packet).
+    pub endpoint: Option<SocketAddr>,
+    /// Inner addresses this peer may send from and that are routed to it.
+    pub allowed_ips: BTreeSet<IpNetwork>,
+    /// Persistent keepalive interval in seconds.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// The WireGuard device as wireseal wants it. The private key is not here: it
+/// stays in keymgr; the device is identified by the matching public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// Public key of the private key the device must use.
+    pub public_key: PublicKey,
+    /// UDP listen port.
+    pub listen_port: u16,
+    /// fwmark put on the device's own UDP packets, so they skip wireseal's rule.
+    pub fwmark: u32,
+    /// Peers by public key.
+    pub peers: BTreeMap<PublicKey, PeerConfig>,
+}
+
+/// The WireGuard device as the datapath reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedDevice {
+    /// Public key of the configured private key; `None` when none is set.
+    pub public_key: Option<PublicKey>,
+    /// UDP listen port (0 when unset).
+    pub listen_port: u16,
+    /// fwmark (0 when unset).
+    pub fwmark: u32,
+    /// Peers by public key.
+    pub peers: BTreeMap<PublicKey, PeerConfig>,
+}
+
+/// A route to a remote pod CIDR through the tunnel, in wireseal's table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteSpec {
+    /// Destination network.
+    pub dst: IpNetwork,
+    /// Output interface name.
+    pub dev: String,
+    /// Route MTU (the tunnel MTU), so TCP picks a fitting MSS.
+    pub mtu: u32,
+}
+
+/// wireseal's policy rule for one family:
+/// `ip rule add not fwmark MARK/MARK lookup TABLE priority PRIORITY`.
+///
+/// Packets that do not carry wireseal's mark look up wireseal's table, which
+/// holds only remote pod CIDRs; anything else falls through to the next rules.
+/// The datapath's own encrypted packets carry the mark and skip the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleSpec {
+    /// Address family.
+    pub family: Family,
+    /// Rule priority (lower runs first).
+    pub priority: u32,
+    /// Routing table looked up.
+    pub table: u32,
+    /// The fwmark (and mask) that exempts a packet from this rule.
+    pub fwmark: u32,
+}
+
+/// Everything wireseal wants on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    /// The tunnel interface.
+    pub link: LinkSpec,
+    /// The WireGuard device.
+    pub device: DeviceSpec,
+    /// Routes in wireseal's table, by destination.
+    pub routes: BTreeMap<IpNetwork, RouteSpec>,
+    /// Policy rules, one per family in use.
+    pub rules: BTreeSet<RuleSpec>,
+}
+
+/// What is on the node now, as read back from the kernel and the datapath.
+/// Only wireseal's own objects: its link, its table's routes, its rules.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedState {
+    /// The tunnel interface, if it exists.
+    pub link: Option<LinkSpec>,
+    /// The WireGuard device, if the datapath answers.
+    pub device: Option<ObservedDevice>,
+    /// Routes found in wireseal's table, by destination.
+    pub routes: BTreeMap<IpNetwork, RouteSpec>,
+    /// wireseal's rules found (matching its priority and table).
+    pub rules: BTreeSet<RuleSpec>,
+}
