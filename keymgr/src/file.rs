@@ -5,6 +5,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use tracing::warn;
 use wireseal_core::key::KEY_BASE64_LEN;
@@ -18,6 +19,9 @@ pub(crate) const MAX_KEY_FILE_LEN: usize = 1024;
 /// Temporary files start with this, so a leftover from a crash can be recognised
 /// and removed (it holds a copy of a secret).
 pub(crate) const TEMP_PREFIX: &str = ".wireseal-key.tmp-";
+
+/// A temporary key file lives for milliseconds; one this old was left by a crash.
+pub(crate) const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 
 /// Creates `dir` (0700) when missing and checks it; returns its owner's uid.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<u32, KeyStoreError> {
@@ -193,7 +197,11 @@ pub(crate) fn write_new_key_file(
             });
         }
     }
-    temp.remove()?;
+    // The key is in place; a leftover link to it is cleaned up as stale later and
+    // is no reason to fail the creation.
+    if let Err(err) = temp.remove() {
+        warn!(error = %err, "cannot remove temporary key file after linking it");
+    }
     sync_dir(dir)?;
     Ok(true)
 }
@@ -208,7 +216,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), KeyStoreError> {
         })
 }
 
-/// Removes temporary key files a crash left behind. Failures are logged, not
+/// Removes temporary key files a crash left behind (they hold a copy of a
+/// secret). Only files older than [`STALE_TEMP_AGE`] are touched, so a write in
+/// progress in another thread or process is left alone. Failures are logged, not
 /// returned: a leftover must not stop the agent from starting.
 pub(crate) fn remove_stale_temp_files(dir: &Path) {
     let entries = match fs::read_dir(dir) {
@@ -218,18 +228,30 @@ pub(crate) fn remove_stale_temp_files(dir: &Path) {
             return;
         }
     };
+    let now = SystemTime::now();
     for entry in entries.flatten() {
-        if entry
+        if !entry
             .file_name()
             .as_encoded_bytes()
             .starts_with(TEMP_PREFIX.as_bytes())
         {
-            let path = entry.path();
-            match fs::remove_file(&path) {
-                Ok(()) => warn!(path = %path.display(), "removed stale temporary key file"),
-                Err(err) => {
-                    warn!(path = %path.display(), error = %err, "cannot remove stale temporary key file");
-                }
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|modified| {
+                now.duration_since(modified)
+                    .is_ok_and(|age| age > STALE_TEMP_AGE)
+            });
+        if !stale {
+            continue;
+        }
+        let path = entry.path();
+        match fs::remove_file(&path) {
+            Ok(()) => warn!(path = %path.display(), "removed stale temporary key file"),
+            Err(err) => {
+                warn!(path = %path.display(), error = %err, "cannot remove stale temporary key file");
             }
         }
     }

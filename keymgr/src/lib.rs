@@ -13,6 +13,21 @@
 //! characters of standard padded base64, followed by a newline. Leading and
 //! trailing whitespace is ignored on read, so `wg genkey > private.key` (with a
 //! suitable umask or a `chmod 600`) is a valid way to provision a key.
+//! While a key is being written, a temporary file named
+//! `.wireseal-key.tmp-<pid>-<random>` exists beside it; one older than a minute
+//! is a leftover from a crash and is removed on the next create.
+//!
+//! ```no_run
+//! use wireseal_keymgr::KeyStore;
+//!
+//! # fn main() -> Result<(), wireseal_keymgr::KeyStoreError> {
+//! let store = KeyStore::new("/var/lib/wireseal");
+//! let (key, _origin) = store.load_or_create()?;
+//! let annotation_value = key.public_key().to_base64();
+//! # let _ = annotation_value;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Guarantees
 //!
