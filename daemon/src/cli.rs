@@ -1,0 +1,143 @@
+//! The command line. Every flag can also be set from a `WIRESEAL_*` environment
+//! variable, which is how the DaemonSet passes them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// wireseal: encrypts every packet between pods on different nodes with WireGuard,
+/// beside the cluster's existing CNI.
+#[derive(Debug, Parser)]
+#[command(name = "wireseal", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "WIRESEAL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `wireseal=debug`).
+    #[arg(long, global = true, default_value = "info", env = "WIRESEAL_LOG")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the per-node agent (as the DaemonSet does).
+    Agent(Box<AgentArgs>),
+    /// Manage this node's WireGuard key.
+    Keys(KeysArgs),
+}
+
+/// Which WireGuard implementation carries the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatapathChoice {
+    /// Kernel WireGuard when the kernel has it, the userspace datapath otherwise.
+    Auto,
+    /// Kernel WireGuard only; fail if the kernel has none.
+    Kernel,
+    /// The userspace datapath only.
+    Userspace,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Name of this node's Node object. Defaults to `NODE_NAME`, which the
+    /// DaemonSet sets from `spec.nodeName` through the downward API.
+    #[arg(long, env = "WIRESEAL_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Kubeconfig file. Without it: the in-cluster service account, then `KUBECONFIG`.
+    #[arg(long, env = "WIRESEAL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// WireGuard implementation.
+    #[arg(long, value_enum, default_value_t = DatapathChoice::Auto, env = "WIRESEAL_DATAPATH")]
+    pub datapath: DatapathChoice,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Tunnel interface name (at most 15 bytes).
+    #[arg(long, default_value = "wireseal0", env = "WIRESEAL_INTERFACE")]
+    pub interface: String,
+
+    /// WireGuard UDP port. Not 51820 on purpose: that one is taken by Kilo,
+    /// Calico, flannel, Antrea and KubeSpan.
+    #[arg(long, default_value_t = 51830, env = "WIRESEAL_LISTEN_PORT")]
+    pub listen_port: u16,
+
+    /// Tunnel MTU: `auto` (underlay route MTU minus 60 for IPv4, 80 for IPv6) or a number.
+    #[arg(long, default_value = "auto", env = "WIRESEAL_MTU")]
+    pub mtu: String,
+
+    /// Address peers send this node's encrypted packets to, `ip` or `ip:port`.
+    /// Default: the node's InternalIP and the listen port.
+    #[arg(long, env = "WIRESEAL_ENDPOINT")]
+    pub endpoint: Option<String>,
+
+    /// fwmark on the datapath's own UDP packets, so they skip wireseal's rule
+    /// (hex with 0x, or decimal).
+    #[arg(long, default_value = "0x10000000", env = "WIRESEAL_FWMARK")]
+    pub fwmark: String,
+
+    /// wireseal's routing table.
+    #[arg(long, default_value_t = 51830, env = "WIRESEAL_ROUTE_TABLE")]
+    pub route_table: u32,
+
+    /// Priority of wireseal's policy rule (before the main table's 32766).
+    #[arg(long, default_value_t = 90, env = "WIRESEAL_RULE_PRIORITY")]
+    pub rule_priority: u32,
+
+    /// Persistent keepalive in seconds (0: off). Needed only when nodes sit behind NAT.
+    #[arg(long, default_value_t = 0, env = "WIRESEAL_PERSISTENT_KEEPALIVE")]
+    pub persistent_keepalive: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Directory holding the private key (created 0700; the key file is 0600).
+    #[arg(long, default_value = "/var/lib/wireseal", env = "WIRESEAL_STATE_DIR")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create this node's key if there is none, and print its public key.
+    Generate {
+        /// Create the next key for a rotation beside the current one instead.
+        #[arg(long)]
+        next: bool,
+    },
+    /// Print the public key of this node's key.
+    Public {
+        /// Of the next key (rotation) instead of the current one.
+        #[arg(long)]
+        next: bool,
+    },
+    /// Print the path of the key file.
+    ShowPath {
+        /// Of the next key (rotation) instead of the current one.
+        #[arg(long)]
+        next: bool,
+    },
+}
