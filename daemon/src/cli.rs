@@ -37,6 +37,19 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Manage this node's WireGuard key.
     Keys(KeysArgs),
+    /// Show this node's peers and encryption coverage, from the running agent.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The agent's status endpoint.
+    #[arg(long, default_value = "127.0.0.1:9830", env = "WIRESEAL_STATUS_ADDR")]
+    pub status_addr: std::net::SocketAddr,
+
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which WireGuard implementation carries the traffic.
@@ -48,6 +61,10 @@ pub enum DatapathChoice {
     Kernel,
     /// The userspace datapath only.
     Userspace,
+    /// Nothing on the node: the device, routes and rules are kept in memory.
+    /// For tests and for watching what wireseal would do; carries no traffic.
+    #[value(hide = true)]
+    Memory,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +119,23 @@ pub struct AgentArgs {
     /// Persistent keepalive in seconds (0: off). Needed only when nodes sit behind NAT.
     #[arg(long, default_value_t = 0, env = "WIRESEAL_PERSISTENT_KEEPALIVE")]
     pub persistent_keepalive: u16,
+
+    /// Address of the local /healthz, /readyz, /metrics and /status endpoint.
+    #[arg(long, default_value = "127.0.0.1:9830", env = "WIRESEAL_STATUS_ADDR")]
+    pub status_addr: std::net::SocketAddr,
+
+    /// Seconds between full reconcile passes when nothing changes.
+    #[arg(long, default_value_t = 30, env = "WIRESEAL_RESYNC_INTERVAL")]
+    pub resync_interval: u64,
+
+    /// Seconds after which the API server ends a Node watch and the agent re-watches.
+    #[arg(
+        long,
+        default_value_t = 290,
+        env = "WIRESEAL_WATCH_TIMEOUT",
+        hide = true
+    )]
+    pub watch_timeout: u32,
 }
 
 #[derive(Debug, Args)]

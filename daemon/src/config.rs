@@ -63,6 +63,12 @@ pub struct Config {
     pub rule_priority: u32,
     /// Persistent keepalive in seconds, if any.
     pub persistent_keepalive: Option<u16>,
+    /// Status endpoint address.
+    pub status_addr: SocketAddr,
+    /// Seconds between periodic reconcile passes.
+    pub resync_secs: u64,
+    /// Seconds a Node watch lasts before the server ends it.
+    pub watch_timeout_secs: u32,
 }
 
 /// A flag value that cannot be used, naming the flag and its environment variable.
@@ -125,6 +131,22 @@ impl Config {
                 "port 0 cannot be published to peers",
             ));
         }
+        if args.resync_interval == 0 {
+            return Err(invalid(
+                "resync-interval",
+                "RESYNC_INTERVAL",
+                0,
+                "must be at least 1 second",
+            ));
+        }
+        if args.watch_timeout == 0 {
+            return Err(invalid(
+                "watch-timeout",
+                "WATCH_TIMEOUT",
+                0,
+                "must be at least 1 second",
+            ));
+        }
         if RESERVED_TABLES.contains(&args.route_table) {
             return Err(invalid(
                 "route-table",
@@ -155,6 +177,9 @@ impl Config {
             rule_priority: args.rule_priority,
             persistent_keepalive: (args.persistent_keepalive != 0)
                 .then_some(args.persistent_keepalive),
+            status_addr: args.status_addr,
+            resync_secs: args.resync_interval,
+            watch_timeout_secs: args.watch_timeout,
         })
     }
 }

@@ -2,6 +2,14 @@
 //! and the command line. The binary `wireseal` is a thin shell over this crate.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod datapath;
+pub mod http;
+pub mod k8s;
 pub mod keys;
+pub mod metrics;
+pub mod reconcile;
+pub mod status;
+pub mod status_cmd;

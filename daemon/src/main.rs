@@ -2,13 +2,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use wireseal::cli::{Cli, Command, LogFormat};
 use wireseal::config::Config;
-use wireseal::keys;
+use wireseal::{agent, keys, status_cmd};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,10 +25,16 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Keys(args) => keys::run(&args),
+        Command::Status(args) => status_cmd::run(&args),
         Command::Agent(args) => {
             let config = Config::from_args(&args, std::env::var("NODE_NAME").ok())?;
-            tracing::info!(node = %config.node_name, interface = %config.interface, "configuration valid");
-            anyhow::bail!("the agent's reconcile loop is not built yet")
+            tracing::info!(node = %config.node_name, interface = %config.interface, "starting");
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(agent::run(config))
         }
     }
 }

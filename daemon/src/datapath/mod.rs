@@ -1,0 +1,137 @@
+//! The seams between the reconcile loop and the node: the WireGuard device
+//! ([`Datapath`], one implementation per datapath) and the tunnel interface's
+//! MTU, routes and rules ([`Routing`], shared by both datapaths).
+
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use ipnetwork::IpNetwork;
+use thiserror::Error;
+use wireseal_core::{
+    DatapathKind, DevicePlan, LinkSpec, ObservedDevice, PublicKey, RouteSpec, RoutingPlan, RuleSpec,
+};
+use wireseal_keymgr::PrivateKey;
+
+/// Traffic counters and handshake time of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerStats {
+    /// Time of the last completed handshake, if any.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+}
+
+/// The device as read back, with per-peer statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceObservation {
+    /// The device configuration; `None` when there is no device yet.
+    pub device: Option<ObservedDevice>,
+    /// Statistics by peer.
+    pub stats: BTreeMap<PublicKey, PeerStats>,
+}
+
+/// A failure of the datapath or of routing, with what was being done.
+#[derive(Debug, Error)]
+#[error("{operation}: {source}")]
+pub struct DatapathError {
+    /// What was attempted, e.g. "set peer 3fG7…" or "add route 10.244.1.0/24".
+    pub operation: String,
+    /// The underlying error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl DatapathError {
+    /// Wraps `source` with the operation that failed.
+    pub fn new(
+        operation: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            operation: operation.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// The WireGuard device of one datapath.
+pub trait Datapath: Send {
+    /// Which datapath this is.
+    fn kind(&self) -> DatapathKind;
+
+    /// Makes sure the tunnel interface exists (creating the kernel link, or
+    /// starting or finding the userspace process). Adopts an existing one.
+    fn ensure_link(
+        &mut self,
+        link: &LinkSpec,
+    ) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// Reads the device back.
+    fn observe(&mut self) -> impl Future<Output = Result<DeviceObservation, DatapathError>> + Send;
+
+    /// Applies device changes: settings, then peer upserts, then removals.
+    /// `key` is the private key to set when the plan asks for it.
+    fn apply(
+        &mut self,
+        plan: &DevicePlan,
+        key: &PrivateKey,
+    ) -> impl Future<Output = Result<(), DatapathError>> + Send;
+}
+
+/// What routing reads back: the tunnel interface and wireseal's table and rules.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutingObservation {
+    /// The tunnel interface, if it exists.
+    pub link: Option<LinkSpec>,
+    /// Routes in wireseal's table.
+    pub routes: BTreeMap<IpNetwork, RouteSpec>,
+    /// wireseal's rules.
+    pub rules: std::collections::BTreeSet<RuleSpec>,
+}
+
+/// The interface MTU, routes and policy rules, the same for both datapaths.
+pub trait Routing: Send {
+    /// Reads back the tunnel interface, the routes in `table` and the rules at `priority`.
+    fn observe(
+        &mut self,
+        interface: &str,
+        table: u32,
+        priority: u32,
+    ) -> impl Future<Output = Result<RoutingObservation, DatapathError>> + Send;
+
+    /// Sets the tunnel interface's MTU.
+    fn set_mtu(
+        &mut self,
+        interface: &str,
+        mtu: u32,
+    ) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// Applies route and rule changes. `phase` selects which part, so the
+    /// reconcile loop can interleave them with device changes in the order
+    /// documented in `wireseal_core::plan`.
+    fn apply(
+        &mut self,
+        plan: &RoutingPlan,
+        phase: RoutingPhase,
+    ) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// The MTU of the path the kernel would use to reach `dst`.
+    fn path_mtu(&mut self, dst: IpAddr) -> impl Future<Output = Result<u32, DatapathError>> + Send;
+}
+
+/// The parts of a routing plan, in the order they are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingPhase {
+    /// Stale rules go first.
+    RemoveRules,
+    /// Routes are added or replaced, then stale ones removed.
+    Routes,
+    /// New rules go last.
+    AddRules,
+}

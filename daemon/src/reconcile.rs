@@ -1,0 +1,393 @@
+//! The level-triggered reconcile loop: on every trigger (a Node change, a
+//! netlink change, the periodic resync) it observes the node, computes the
+//! desired state from the latest Node list, plans the difference and applies it.
+//!
+//! One task owns the datapath. Nothing is removed before the first complete
+//! list of Nodes: on a restart, or while the API server is unreachable, the
+//! node keeps what it has.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use wireseal_core::annotation::{self, NodeStatus};
+use wireseal_core::state::{Family, tunnel_mtu};
+use wireseal_core::{Desired, MeshConfig, ObservedState, Plan, PublicKey, desired, plan};
+use wireseal_keymgr::PrivateKey;
+
+use crate::config::{Config, EndpointSetting, MtuSetting};
+use crate::datapath::{Datapath, DatapathError, PeerStats, Routing, RoutingPhase};
+use crate::k8s::ClusterView;
+use crate::metrics::Metrics;
+use crate::status::{AgentStatus, PeerStatus, SharedStatus};
+
+/// A peer counts as encrypted when its last handshake is at most this old.
+/// WireGuard re-handshakes every 2 minutes on an active session; 3 minutes
+/// leaves room for an idle peer's keepalive-less session to still be counted.
+pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
+
+/// MTU used with `--mtu auto` before any underlay path is known: fits an IPv6 underlay of 1500.
+const FALLBACK_TUNNEL_MTU: u32 = 1420;
+
+/// The loop's timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Full pass even without any trigger.
+    pub resync: Duration,
+    /// Wait after a trigger for more to arrive, so a burst costs one pass.
+    pub debounce: Duration,
+    /// Retry after a failed pass.
+    pub retry: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(30),
+            debounce: Duration::from_millis(100),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the loop publishes for the Kubernetes side.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outputs {
+    /// The annotations this node should carry (key, endpoint, status).
+    pub own_annotations: Option<BTreeMap<String, String>>,
+    /// Per remote node, the readable problems with its inputs.
+    pub problems: BTreeMap<String, Vec<String>>,
+}
+
+/// The reconcile loop and everything it owns.
+pub struct Reconciler<D, R> {
+    config: Config,
+    key: PrivateKey,
+    datapath: D,
+    routing: R,
+    nodes: watch::Receiver<Arc<ClusterView>>,
+    outputs: watch::Sender<Outputs>,
+    status: SharedStatus,
+    timing: Timing,
+    metrics: Metrics,
+}
+
+impl<D: Datapath, R: Routing> Reconciler<D, R> {
+    /// Builds the loop.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one-time wiring of the loop's owned parts"
+    )]
+    pub fn new(
+        config: Config,
+        key: PrivateKey,
+        datapath: D,
+        routing: R,
+        nodes: watch::Receiver<Arc<ClusterView>>,
+        outputs: watch::Sender<Outputs>,
+        status: SharedStatus,
+        timing: Timing,
+    ) -> Self {
+        Self {
+            config,
+            key,
+            datapath,
+            routing,
+            nodes,
+            outputs,
+            status,
+            timing,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Counts passes in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Runs until `shutdown` fires. `triggers` carries external change
+    /// notifications (netlink); each one causes a pass.
+    pub async fn run(
+        mut self,
+        mut triggers: mpsc::Receiver<()>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut resync = tokio::time::interval(self.timing.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                changed = self.nodes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(self.timing.debounce).await;
+                }
+                Some(()) = triggers.recv() => {
+                    tokio::time::sleep(self.timing.debounce).await;
+                    while triggers.try_recv().is_ok() {}
+                }
+                _ = resync.tick() => {}
+                () = retry => {}
+            }
+            let result = self.pass().await;
+            self.metrics.reconcile(result.is_ok());
+            retry_at = match result {
+                Ok(()) => None,
+                Err(err) => {
+                    warn!(error = %format!("{err:#}"), "reconcile failed; retrying");
+                    Some(tokio::time::Instant::now() + self.timing.retry)
+                }
+            };
+        }
+        info!("reconcile loop stopped; the datapath stays as it is");
+    }
+
+    /// One observe → plan → apply pass.
+    ///
+    /// # Errors
+    /// The first failure to observe, or every failure to apply.
+    pub async fn pass(&mut self) -> Result<(), anyhow::Error> {
+        let view = self.nodes.borrow_and_update().clone();
+        if !view.synced {
+            debug!("waiting for the first complete Node list before changing anything");
+            return Ok(());
+        }
+        let nodes: Vec<_> = view.nodes.values().cloned().collect();
+        let public = self.key.public_key();
+        let mut mesh = self.mesh_config(FALLBACK_TUNNEL_MTU);
+        let mut want = desired(&self.config.node_name, &public, &nodes, &mesh);
+        if let Some(mtu) = self.auto_mtu(&want).await {
+            mesh.mtu = mtu;
+            want = desired(&self.config.node_name, &public, &nodes, &mesh);
+        }
+
+        self.datapath.ensure_link(&want.state.link).await?;
+        let device = self.datapath.observe().await?;
+        let routing = self
+            .routing
+            .observe(
+                &self.config.interface,
+                self.config.route_table,
+                self.config.rule_priority,
+            )
+            .await?;
+        let observed = ObservedState {
+            link: routing.link,
+            device: device.device,
+            routes: routing.routes,
+            rules: routing.rules,
+        };
+        let change = plan(&want.state, &observed);
+        if !change.is_empty() {
+            info!(
+                changes = change.len(),
+                peers_upserted = change.device.upsert_peers.len(),
+                peers_removed = change.device.remove_peers.len(),
+                routes_added = change.routing.add_routes.len(),
+                routes_removed = change.routing.remove_routes.len(),
+                rules_added = change.routing.add_rules.len(),
+                rules_removed = change.routing.remove_rules.len(),
+                "applying plan"
+            );
+        }
+        let applied = self.execute(&change).await;
+        self.report(&view, &want, &device.stats, applied.is_ok());
+        applied
+    }
+
+    fn mesh_config(&self, mtu: u32) -> MeshConfig {
+        MeshConfig {
+            interface: self.config.interface.clone(),
+            listen_port: self.config.listen_port,
+            fwmark: self.config.fwmark,
+            route_table: self.config.route_table,
+            rule_priority: self.config.rule_priority,
+            mtu: match self.config.mtu {
+                MtuSetting::Fixed(fixed) => fixed,
+                MtuSetting::Auto => mtu,
+            },
+            persistent_keepalive: self.config.persistent_keepalive,
+        }
+    }
+
+    /// With `--mtu auto`: the smallest tunnel MTU over the paths to every
+    /// peer's endpoint. `None` with a fixed MTU, or when no path is known.
+    async fn auto_mtu(&mut self, want: &Desired) -> Option<u32> {
+        if self.config.mtu != MtuSetting::Auto {
+            return None;
+        }
+        let mut best: Option<u32> = None;
+        let endpoints: std::collections::BTreeSet<IpAddr> = want
+            .state
+            .device
+            .peers
+            .values()
+            .filter_map(|peer| peer.endpoint.map(|e| e.ip()))
+            .collect();
+        for ip in endpoints {
+            match self.routing.path_mtu(ip).await {
+                Ok(underlay) => {
+                    let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
+                    let Some(mtu) = tunnel_mtu(underlay, family) else {
+                        warn!(%ip, underlay, "path MTU too small for a tunnel; keeping the others");
+                        continue;
+                    };
+                    best = Some(best.map_or(mtu, |b| b.min(mtu)));
+                }
+                Err(err) => debug!(%ip, error = %err, "no path MTU"),
+            }
+        }
+        best
+    }
+
+    /// Applies a plan in the order documented in `wireseal_core::plan`,
+    /// carrying on past a failed step so one bad peer does not block the rest.
+    async fn execute(&mut self, change: &Plan) -> Result<(), anyhow::Error> {
+        if change.is_empty() {
+            return Ok(());
+        }
+        let mut failures: Vec<DatapathError> = Vec::new();
+        let mut keep = |result: Result<(), DatapathError>| {
+            if let Err(err) = result {
+                failures.push(err);
+            }
+        };
+        keep(
+            self.routing
+                .apply(&change.routing, RoutingPhase::RemoveRules)
+                .await,
+        );
+        if let Some(mtu) = change.link.set_mtu {
+            keep(self.routing.set_mtu(&self.config.interface, mtu).await);
+        }
+        let (upserts, removals) = split_removals(&change.device);
+        keep(self.datapath.apply(&upserts, &self.key).await);
+        keep(
+            self.routing
+                .apply(&change.routing, RoutingPhase::Routes)
+                .await,
+        );
+        keep(self.datapath.apply(&removals, &self.key).await);
+        keep(
+            self.routing
+                .apply(&change.routing, RoutingPhase::AddRules)
+                .await,
+        );
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<String> = failures.iter().map(|f| format!("{f}")).collect();
+        Err(anyhow::anyhow!(
+            "{} step(s) failed: {}",
+            failures.len(),
+            lines.join("; ")
+        ))
+    }
+
+    fn report(
+        &self,
+        view: &ClusterView,
+        want: &Desired,
+        stats: &BTreeMap<PublicKey, PeerStats>,
+        applied: bool,
+    ) {
+        let now = SystemTime::now();
+        let peers: Vec<PeerStatus> = want
+            .nodes
+            .iter()
+            .map(|(name, outcome)| {
+                let peer_stats = outcome
+                    .peer
+                    .and_then(|key| stats.get(&key))
+                    .copied()
+                    .unwrap_or_default();
+                PeerStatus::new(name, outcome, want, peer_stats, now)
+            })
+            .collect();
+        let expected = peers.iter().filter(|p| p.public_key.is_some()).count();
+        let encrypted = peers.iter().filter(|p| p.encrypted).count();
+        let ready = applied && expected == encrypted;
+        let own_status = NodeStatus {
+            datapath: Some(self.datapath.kind()),
+            encryption_ready: ready,
+            peers_expected: u32::try_from(expected).unwrap_or(u32::MAX),
+            peers_encrypted: u32::try_from(encrypted).unwrap_or(u32::MAX),
+            message: (!applied)
+                .then(|| "the last reconcile failed; see the agent's log".to_owned()),
+        };
+        let endpoint = self.own_endpoint(view);
+        let own = annotation::encode_own(&self.key.public_key(), endpoint, Some(&own_status));
+        let problems = want
+            .nodes
+            .iter()
+            .filter_map(|(name, outcome)| {
+                let lines: Vec<String> = outcome
+                    .issues
+                    .iter()
+                    .filter(|issue| {
+                        matches!(
+                            issue,
+                            wireseal_core::PeerIssue::InvalidInput(_)
+                                | wireseal_core::PeerIssue::DuplicateKey { .. }
+                        )
+                    })
+                    .map(ToString::to_string)
+                    .collect();
+                (!lines.is_empty()).then(|| (name.clone(), lines))
+            })
+            .collect();
+        self.outputs.send_replace(Outputs {
+            own_annotations: Some(own),
+            problems,
+        });
+        self.status.replace(AgentStatus {
+            node: self.config.node_name.clone(),
+            datapath: Some(self.datapath.kind()),
+            public_key: Some(self.key.public_key()),
+            synced: view.synced,
+            last_apply_ok: applied,
+            tunnel_mtu: want.state.link.mtu,
+            peers,
+        });
+    }
+
+    fn own_endpoint(&self, view: &ClusterView) -> Option<SocketAddr> {
+        let port = self.config.listen_port;
+        match self.config.endpoint {
+            EndpointSetting::SocketAddr(addr) => Some(addr),
+            EndpointSetting::Address(ip) => Some(SocketAddr::new(ip, port)),
+            EndpointSetting::Auto => view
+                .nodes
+                .get(&self.config.node_name)
+                .and_then(wireseal_core::NodeView::internal_ip)
+                .map(|ip| SocketAddr::new(ip, port)),
+        }
+    }
+}
+
+/// Splits device changes into the part applied before routes change (settings
+/// and upserts) and the part after (removals).
+fn split_removals(
+    plan: &wireseal_core::DevicePlan,
+) -> (wireseal_core::DevicePlan, wireseal_core::DevicePlan) {
+    let mut upserts = plan.clone();
+    let removals = wireseal_core::DevicePlan {
+        remove_peers: std::mem::take(&mut upserts.remove_peers),
+        ..wireseal_core::DevicePlan::default()
+    };
+    (upserts, removals)
+}
