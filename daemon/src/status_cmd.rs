@@ -23,7 +23,7 @@ const MAX_BODY: u64 = 64 << 20;
 /// # Errors
 /// When the agent cannot be reached or answers with something else than its status.
 pub fn run(args: &StatusArgs) -> Result<()> {
-    let body = fetch(args.status_addr)?;
+    let body = fetch_raw(args.status_addr)?;
     if args.json {
         println!("{body}");
         return Ok(());
@@ -38,7 +38,17 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
-fn fetch(addr: std::net::SocketAddr) -> Result<String> {
+/// Reads a running agent's status.
+///
+/// # Errors
+/// When the agent cannot be reached or its answer is not a status.
+pub fn fetch(addr: std::net::SocketAddr) -> Result<AgentStatus> {
+    let body = fetch_raw(addr)?;
+    serde_json::from_str(&body)
+        .with_context(|| format!("the answer of {addr} is not a wireseal status"))
+}
+
+fn fetch_raw(addr: std::net::SocketAddr) -> Result<String> {
     let context = || {
         format!(
             "reaching the agent's status endpoint at {addr} (is `wireseal agent` running? see --status-addr)"
