@@ -421,6 +421,12 @@ async fn resource(
     let ns = target.namespace.clone().unwrap_or_default();
     let method = req.method().clone();
     let read_only = target.kind == Kind::Pod;
+    // Better an honest refusal than a "dry run" that persists.
+    if method != Method::GET && q.get("dryRun").is_some_and(|d| !d.is_empty()) {
+        return Err(ApiError::BadRequest(
+            "dryRun is not supported by the fake apiserver".into(),
+        ));
+    }
     match (&method, target.name.clone()) {
         (&Method::GET, None) => {
             let filter = build_filter(&target, &q)?;

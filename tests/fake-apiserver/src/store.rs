@@ -146,7 +146,9 @@ impl State {
     /// An empty store keeping the last `history_limit` changes for watches.
     #[must_use]
     pub fn new(history_limit: usize) -> Self {
-        let (tx, _) = broadcast::channel(4096);
+        // Room for bursts (e.g. a benchmark creating thousands of Nodes) before a
+        // slow watcher lags and is sent a 410.
+        let (tx, _) = broadcast::channel(16_384);
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 rv: INITIAL_RV,
@@ -480,7 +482,7 @@ impl State {
         WatchStart::Ready {
             initial,
             rx,
-            rv: from.unwrap_or(g.rv).min(g.rv),
+            rv: from.unwrap_or(g.rv),
         }
     }
 

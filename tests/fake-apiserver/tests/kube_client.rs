@@ -626,6 +626,18 @@ async fn malformed_requests_get_status_errors() {
                 400,
                 "BadRequest",
             ),
+            (
+                raw(
+                    &c,
+                    "POST",
+                    "/api/v1/nodes?dryRun=All",
+                    json,
+                    r#"{"metadata":{"name":"x"}}"#,
+                )
+                .await,
+                400,
+                "BadRequest",
+            ),
         ];
         for (status, code, reason) in cases {
             assert_eq!(
