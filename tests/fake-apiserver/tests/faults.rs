@@ -132,3 +132,22 @@ async fn admin_listener_ends_an_outage() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn dropping_the_handle_stops_the_server() {
+    bounded(async {
+        let h = FakeApiServer::start_local().await.unwrap();
+        let addr = h.addr();
+        tokio::net::TcpStream::connect(addr).await.unwrap();
+        drop(h);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still accepting after the handle was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
