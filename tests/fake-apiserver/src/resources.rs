@@ -143,6 +143,14 @@ fn build_filter(target: &Target, q: &Query) -> Result<Filter, ApiError> {
         // Pods are always empty; any selector selects nothing anyway.
         (Kind::Pod, _) => {}
     }
+    if target.kind == Kind::Event {
+        // The `source` field label means the reporting component.
+        for r in &mut fields.reqs {
+            if r.field == "source" {
+                r.field = "source.component".into();
+            }
+        }
+    }
     Ok(Filter {
         kind: target.kind,
         namespace: target.namespace.clone(),

@@ -359,8 +359,10 @@ impl State {
             )));
         }
         let current_rv = meta_str(&current, "resourceVersion").unwrap_or_default();
+        // Null or "" means "no precondition", as on the real server.
         if let Some(rv) = new.pointer("/metadata/resourceVersion")
             && !rv.is_null()
+            && rv.as_str() != Some("")
             && rv.as_str() != Some(current_rv)
         {
             return Err(ApiError::Conflict {
@@ -615,7 +617,13 @@ mod tests {
                 .code(),
             409
         );
-        let fresh = s.update_with(Kind::Node, "", "a", |_| Ok(n)).unwrap();
+        let mut unconditional = n.clone();
+        unconditional["metadata"]["resourceVersion"] = json!("");
+        s.update_with(Kind::Node, "", "a", |_| Ok(unconditional))
+            .unwrap();
+        let mut fresh = n;
+        fresh["metadata"]["resourceVersion"] = json!(s.resource_version().to_string());
+        let fresh = s.update_with(Kind::Node, "", "a", |_| Ok(fresh)).unwrap();
         assert_ne!(fresh["metadata"]["resourceVersion"], "1");
     }
 
