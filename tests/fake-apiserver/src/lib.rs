@@ -22,6 +22,7 @@ pub mod events;
 mod faults;
 mod listener;
 pub mod patch;
+mod resources;
 pub mod selectors;
 mod server;
 mod store;

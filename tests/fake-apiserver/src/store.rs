@@ -146,7 +146,9 @@ impl State {
     /// An empty store keeping the last `history_limit` changes for watches.
     #[must_use]
     pub fn new(history_limit: usize) -> Self {
-        let (tx, _) = broadcast::channel(4096);
+        // Room for bursts (e.g. a benchmark creating thousands of Nodes) before a
+        // slow watcher lags and is sent a 410.
+        let (tx, _) = broadcast::channel(16_384);
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 rv: INITIAL_RV,
@@ -357,8 +359,10 @@ impl State {
             )));
         }
         let current_rv = meta_str(&current, "resourceVersion").unwrap_or_default();
+        // Null or "" means "no precondition", as on the real server.
         if let Some(rv) = new.pointer("/metadata/resourceVersion")
             && !rv.is_null()
+            && rv.as_str() != Some("")
             && rv.as_str() != Some(current_rv)
         {
             return Err(ApiError::Conflict {
@@ -480,7 +484,7 @@ impl State {
         WatchStart::Ready {
             initial,
             rx,
-            rv: from.unwrap_or(g.rv).min(g.rv),
+            rv: from.unwrap_or(g.rv),
         }
     }
 
@@ -613,7 +617,13 @@ mod tests {
                 .code(),
             409
         );
-        let fresh = s.update_with(Kind::Node, "", "a", |_| Ok(n)).unwrap();
+        let mut unconditional = n.clone();
+        unconditional["metadata"]["resourceVersion"] = json!("");
+        s.update_with(Kind::Node, "", "a", |_| Ok(unconditional))
+            .unwrap();
+        let mut fresh = n;
+        fresh["metadata"]["resourceVersion"] = json!(s.resource_version().to_string());
+        let fresh = s.update_with(Kind::Node, "", "a", |_| Ok(fresh)).unwrap();
         assert_ne!(fresh["metadata"]["resourceVersion"], "1");
     }
 

@@ -168,8 +168,11 @@ impl Task {
                     }
                 }
                 change = rx.recv() => match change {
+                    // A watch from a version newer than any write yet
+                    // starts after that version.
+                    Ok(change) if change.rv <= last_rv => {}
                     Ok(change) => {
-                        last_rv = last_rv.max(change.rv);
+                        last_rv = change.rv;
                         if let Some((ty, obj)) = event_for(&filter, view, &change)
                             && !self.send(ty, obj).await
                         {

@@ -626,6 +626,18 @@ async fn malformed_requests_get_status_errors() {
                 400,
                 "BadRequest",
             ),
+            (
+                raw(
+                    &c,
+                    "POST",
+                    "/api/v1/nodes?dryRun=All",
+                    json,
+                    r#"{"metadata":{"name":"x"}}"#,
+                )
+                .await,
+                400,
+                "BadRequest",
+            ),
         ];
         for (status, code, reason) in cases {
             assert_eq!(
@@ -662,6 +674,69 @@ async fn discovery_and_pods() {
             .unwrap();
         assert!(list.items.is_empty());
         assert!(list.metadata.resource_version.is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn core_events_crud_in_any_namespace() {
+    bounded(async {
+        let (_h, c) = two_nodes().await;
+        let core: Api<CoreEvent> = Api::namespaced(c.clone(), "kube-system");
+        let ev: CoreEvent = serde_json::from_value(json!({
+            "metadata": {"name": "node-b.1"},
+            "involvedObject": {"kind": "Node", "name": "node-b"},
+            "reason": "Legacy", "message": "old-style event", "type": "Normal", "count": 1,
+            "source": {"component": "kubelet"}
+        }))
+        .unwrap();
+        let created = core.create(&PostParams::default(), &ev).await.unwrap();
+        assert_eq!(created.metadata.namespace.as_deref(), Some("kube-system"));
+        let patched = core
+            .patch(
+                "node-b.1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"count": 2})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(patched.count, Some(2));
+        assert_eq!(
+            core.get("node-b.1").await.unwrap().message.as_deref(),
+            Some("old-style event")
+        );
+        // The same object through events.k8s.io/v1.
+        let v1: Api<EventsV1> = Api::namespaced(c.clone(), "kube-system");
+        let got = v1.get("node-b.1").await.unwrap();
+        assert_eq!(got.note.as_deref(), Some("old-style event"));
+        assert_eq!(got.deprecated_count, Some(2));
+        let regarding = v1
+            .list(&ListParams::default().fields("regarding.name=node-b"))
+            .await
+            .unwrap();
+        assert_eq!(regarding.items.len(), 1);
+        // Namespaces are separate; the cluster-wide list sees everything.
+        assert!(
+            Api::<CoreEvent>::namespaced(c.clone(), "default")
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert_eq!(
+            Api::<CoreEvent>::all(c)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        core.delete("node-b.1", &DeleteParams::default())
+            .await
+            .unwrap();
+        assert_eq!(api_err(core.get("node-b.1").await.unwrap_err()).code, 404);
     })
     .await;
 }
