@@ -3,6 +3,8 @@
 //! MTU, routes and rules ([`Routing`], shared by both datapaths).
 
 pub mod memory;
+pub mod uapi;
+pub mod userspace;
 
 use std::collections::BTreeMap;
 use std::future::Future;
