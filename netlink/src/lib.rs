@@ -22,6 +22,7 @@ mod monitor;
 mod mtu;
 mod route;
 mod rule;
+pub mod wireguard;
 
 pub use apply::{ApplyError, ApplyFailure, ApplyItem, ObservedRouting, RoutingIds};
 pub use conn::Netlink;
@@ -30,3 +31,4 @@ pub use link::{LinkInfo, WIREGUARD_KIND};
 pub use monitor::{Change, Monitor};
 pub use mtu::UnderlayPath;
 pub use rule::{ForeignRule, ObservedRules};
+pub use wireguard::WireGuard;

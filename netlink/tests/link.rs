@@ -6,8 +6,8 @@ mod common;
 use std::net::IpAddr;
 
 use common::Netns;
-use wireseal_core::Family;
-use wireseal_netlink::{Errno, Error, Netlink};
+use wireseal_core::{DevicePlan, Family};
+use wireseal_netlink::{Errno, Error, Netlink, WireGuard};
 
 #[test]
 fn find_set_and_delete_links() {
@@ -71,6 +71,40 @@ fn creating_a_wireguard_link_here_reports_unsupported() {
             other => panic!("expected WireGuardUnsupported, got {other:?}"),
         }
         assert!(nl.link("wireseal0").await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn wireguard_genetlink_on_this_host_reports_unsupported() {
+    let ns = Netns::new();
+    ns.run(|| async {
+        let wg = WireGuard::connect().unwrap();
+        match wg.get_device("wireseal0").await {
+            Err(Error::WireGuardUnsupported { iface, errno }) => {
+                assert_eq!(iface, "wireseal0");
+                assert_eq!(errno, Errno(libc::ENOENT), "no `wireguard` genl family");
+            }
+            other => panic!("expected WireGuardUnsupported, got {other:?}"),
+        }
+        let plan = DevicePlan {
+            listen_port: Some(51830),
+            ..DevicePlan::default()
+        };
+        let err = wg
+            .apply_device("wireseal0", &plan, &[7; 32])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::WireGuardUnsupported { .. }), "{err:?}");
+        assert!(
+            !format!("{err:?}{err}").contains("7, 7, 7"),
+            "key material in the error"
+        );
+        assert_eq!(wg.writes(), 1);
+        // An empty plan sends nothing, so it cannot fail.
+        wg.apply_device("wireseal0", &DevicePlan::default(), &[7; 32])
+            .await
+            .unwrap();
+        assert_eq!(wg.writes(), 1);
     });
 }
 
