@@ -130,6 +130,22 @@ impl Netlink {
             .map_err(|err| not_found_as(err, iface))
     }
 
+    /// Sets a link up unless it already is: reads first, so a reconcile that
+    /// finds the link up writes nothing. Returns whether it wrote.
+    ///
+    /// # Errors
+    /// [`Error::LinkNotFound`], or the kernel's error.
+    pub async fn ensure_up(&self, iface: &str) -> Result<bool, Error> {
+        let link = self.link(iface).await?.ok_or_else(|| Error::LinkNotFound {
+            iface: iface.to_owned(),
+        })?;
+        if link.up {
+            return Ok(false);
+        }
+        self.set_up(iface).await?;
+        Ok(true)
+    }
+
     /// Deletes a link by name (cleanup). A missing link is success.
     ///
     /// # Errors

@@ -29,6 +29,10 @@ fn find_set_and_delete_links() {
         ));
 
         nl.set_mtu("wsa0", 1420).await.unwrap();
+        assert!(nl.ensure_up("wsa0").await.unwrap());
+        let writes = nl.writes();
+        assert!(!nl.ensure_up("wsa0").await.unwrap(), "already up");
+        assert_eq!(nl.writes(), writes, "an up link is not written again");
         nl.set_up("wsa0").await.unwrap();
         let link = nl.link("wsa0").await.unwrap().unwrap();
         assert_eq!((link.mtu, link.up), (1420, true));
@@ -123,12 +127,20 @@ fn creating_wireguard_over_another_kind_is_refused_not_adopted() {
     ]);
     ns.run(|| async {
         let nl = Netlink::connect().unwrap();
+        // The kernel finds the name taken (EEXIST) before it looks at the
+        // kind, with or without WireGuard; we then find a veth.
         match nl.create_wireguard("wireseal0").await {
-            // A kernel with WireGuard says EEXIST and we find a veth; this one
-            // rejects the kind first.
-            Err(Error::WrongLinkKind { found, .. }) => assert_eq!(found.as_deref(), Some("veth")),
-            Err(Error::WireGuardUnsupported { .. }) => {}
-            other => panic!("expected a refusal, got {other:?}"),
+            Err(Error::WrongLinkKind {
+                iface,
+                found,
+                expected,
+            }) => {
+                assert_eq!(
+                    (iface.as_str(), found.as_deref(), expected),
+                    ("wireseal0", Some("veth"), "wireguard")
+                );
+            }
+            other => panic!("expected WrongLinkKind, got {other:?}"),
         }
     });
 }

@@ -304,3 +304,45 @@ fn foreign_rules_at_our_priority_are_reported_not_taken() {
         assert_eq!(rules.foreign.len(), 2, "{:?}", rules.foreign);
     });
 }
+
+#[test]
+fn routes_through_a_tun_device_as_the_userspace_datapath_uses() {
+    let ns = Netns::new();
+    // The userspace datapath opens its own TUN; a persistent one stands in.
+    ns.ip(&["tuntap", "add", "dev", "wireseal0", "mode", "tun"]);
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let link = nl.link("wireseal0").await.unwrap().expect("tun exists");
+        assert_eq!(link.kind.as_deref(), Some("tun"));
+        nl.set_mtu("wireseal0", 1420).await.unwrap();
+        assert!(nl.ensure_up("wireseal0").await.unwrap());
+        let routes = [
+            RouteSpec {
+                dst: "10.244.7.0/24".parse().unwrap(),
+                dev: "wireseal0".into(),
+                mtu: 1420,
+            },
+            RouteSpec {
+                dst: "fd00:244:7::/64".parse().unwrap(),
+                dev: "wireseal0".into(),
+                mtu: 1420,
+            },
+        ];
+        let plan = RoutingPlan {
+            add_routes: routes.iter().map(|r| (r.dst, r.clone())).collect(),
+            add_rules: [rule(Family::V4), rule(Family::V6)].into(),
+            ..RoutingPlan::default()
+        };
+        nl.apply_routing(TABLE, "wireseal0", None, &plan)
+            .await
+            .unwrap();
+        let observed = nl.observe_routing("wireseal0", IDS).await.unwrap();
+        assert_eq!(observed.state.routes, plan.add_routes);
+        assert_eq!(observed.state.link.map(|l| l.mtu), Some(1420));
+        let v4 = ns.ip(&["route", "show", "table", "51830"]);
+        assert!(
+            v4.contains("10.244.7.0/24 dev wireseal0") && v4.contains("mtu 1420"),
+            "{v4}"
+        );
+    });
+}

@@ -94,8 +94,9 @@ impl WireGuard {
     /// Applies one step of `plan` to `iface` (see [`encode_set_device`]),
     /// message by message; stops at the first message the kernel refuses,
     /// since later parts of a split peer depend on earlier ones. The private
-    /// key is sent only when the plan sets it, and never logged. An empty
-    /// step sends nothing.
+    /// key is sent only when the plan sets it, and never logged; the copies
+    /// inside the netlink crates' send buffers are not zeroed (they own them).
+    /// An empty step sends nothing.
     ///
     /// # Errors
     /// As [`Self::get_device`], with [`Op::WgSetDevice`] naming the message.
