@@ -3,7 +3,7 @@
 //! It programs what both datapaths share — the tunnel link's MTU and state,
 //! the routes in wireseal's own routing table and one policy rule per address
 //! family — applies a [`wireseal_core::RoutingPlan`] in the order documented in
-//! [`wireseal_core::plan`], reads the same objects back into the routing part of
+//! [`wireseal_core::plan`](mod@wireseal_core::plan), reads the same objects back into the routing part of
 //! an [`wireseal_core::ObservedState`], reports kernel changes to them, finds
 //! the underlay MTU towards a peer, and drives kernel WireGuard devices over
 //! generic netlink.

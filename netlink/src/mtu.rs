@@ -106,7 +106,11 @@ impl Netlink {
             .iter()
             .filter_map(|reply| match reply {
                 RouteNetlinkMessage::NewRoute(message) if route_table(message) == MAIN_TABLE => {
-                    parse_route(message)
+                    let mut route = parse_route(message)?;
+                    // A multipath default has its devices in the next hops;
+                    // the first one stands for all (they normally share an MTU).
+                    route.oif = route.oif.or_else(|| first_hop_oif(message));
+                    Some(route)
                 }
                 _ => None,
             })
@@ -137,4 +141,14 @@ impl Netlink {
             mtu,
         })
     }
+}
+
+fn first_hop_oif(message: &RouteMessage) -> Option<u32> {
+    message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::MultiPath(hops) => hops.first().map(|hop| hop.interface_index),
+            _ => None,
+        })
 }

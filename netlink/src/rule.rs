@@ -154,11 +154,22 @@ fn classify(message: &RuleMessage, family: Family, priority: u32, table: u32) ->
             RuleAttribute::Table(t) => found_table = *t,
             RuleAttribute::FwMark(m) => fwmark = Some(*m),
             RuleAttribute::FwMask(m) => fwmask = Some(*m),
-            // Attributes the kernel reports on every rule, selecting nothing.
-            RuleAttribute::Protocol(_)
-            | RuleAttribute::SuppressPrefixLen(_)
-            | RuleAttribute::SuppressIfGroup(_) => {}
-            _ => other_selectors = true,
+            // Selectors besides the mark make it someone else's rule. Anything
+            // else (protocol, suppress_*, attributes newer kernels add to every
+            // rule) selects nothing and is ignored.
+            RuleAttribute::Destination(_)
+            | RuleAttribute::Source(_)
+            | RuleAttribute::Iifname(_)
+            | RuleAttribute::Oifname(_)
+            | RuleAttribute::Goto(_)
+            | RuleAttribute::Realm(_)
+            | RuleAttribute::TunId(_)
+            | RuleAttribute::UidRange(_)
+            | RuleAttribute::IpProtocol(_)
+            | RuleAttribute::SourcePortRange(_)
+            | RuleAttribute::DestinationPortRange(_)
+            | RuleAttribute::L3MDev(true) => other_selectors = true,
+            _ => {}
         }
     }
     if found_priority != priority {

@@ -51,6 +51,14 @@ fn external_deletes_are_reported() {
         ns.ip(&["route", "del", "10.244.5.0/24", "table", "51830"]);
         let change = wait_for(&mut monitor, |c| matches!(c, Change::Route { .. })).await;
         assert_eq!(change, Change::Route { table: 51830 });
+        // What the agent does on the event: observe, find it missing, put it back.
+        let observed = nl.routes(51830).await.unwrap();
+        assert!(!observed.contains_key(&route.dst));
+        nl.replace_route(&route, 51830).await.unwrap();
+        let shown = ns.ip(&["route", "show", "table", "51830"]);
+        assert!(shown.starts_with("10.244.5.0/24 dev wsm0"), "{shown}");
+        // Our own write is reported too; the agent's next pass is then a no-op.
+        wait_for(&mut monitor, |c| c == Change::Route { table: 51830 }).await;
 
         ns.ip(&["-6", "rule", "del", "priority", "5210"]);
         wait_for(&mut monitor, |c| c == Change::Rule).await;

@@ -292,6 +292,30 @@ fn foreign_rules_at_our_priority_are_reported_not_taken() {
             "priority",
             "5210",
         ]);
+        ns.ip(&[
+            "rule",
+            "add",
+            "iif",
+            "lo",
+            "not",
+            "fwmark",
+            "0x80/0x80",
+            "lookup",
+            "51830",
+            "priority",
+            "5210",
+        ]);
+        ns.ip(&[
+            "rule",
+            "add",
+            "not",
+            "fwmark",
+            "0x10000000/0x10000000",
+            "lookup",
+            "51830",
+            "priority",
+            "5211",
+        ]);
         let rules = nl.rules(PRIORITY, TABLE).await.unwrap();
         // Only the inverted mark/mask rule has wireseal's shape (with another mark).
         assert_eq!(
@@ -301,7 +325,9 @@ fn foreign_rules_at_our_priority_are_reported_not_taken() {
                 ..rule(Family::V4)
             }])
         );
-        assert_eq!(rules.foreign.len(), 2, "{:?}", rules.foreign);
+        // Mark without `not`, mark without mask, and a rule with an iif
+        // selector are someone else's; the rule at another priority is ignored.
+        assert_eq!(rules.foreign.len(), 3, "{:?}", rules.foreign);
     });
 }
 
