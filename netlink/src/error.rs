@@ -1,0 +1,272 @@
+//! Errors with the context an operator needs: what was being done, to which
+//! interface, table or destination, and the kernel's errno.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use wireseal_core::Family;
+
+use crate::apply::ApplyError;
+
+/// A kernel error number (positive, as in `errno.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// The raw positive errno value.
+    #[must_use]
+    pub fn raw(self) -> i32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let io = std::io::Error::from_raw_os_error(self.0);
+        write!(f, "{io}")
+    }
+}
+
+/// The netlink operation that failed, with the objects it was about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// Looking up a link by name.
+    GetLink {
+        /// Interface name.
+        iface: String,
+    },
+    /// Looking up a link by index.
+    GetLinkByIndex {
+        /// Interface index.
+        index: u32,
+    },
+    /// Listing all links.
+    DumpLinks,
+    /// Setting a link's MTU.
+    SetMtu {
+        /// Interface name.
+        iface: String,
+        /// Requested MTU.
+        mtu: u32,
+    },
+    /// Setting a link administratively up.
+    SetUp {
+        /// Interface name.
+        iface: String,
+    },
+    /// Creating a link of a kind.
+    CreateLink {
+        /// Interface name.
+        iface: String,
+        /// Link kind, e.g. `wireguard`.
+        kind: &'static str,
+    },
+    /// Deleting a link.
+    DeleteLink {
+        /// Interface name.
+        iface: String,
+    },
+    /// Listing the routes of a family.
+    DumpRoutes {
+        /// Address family.
+        family: Family,
+    },
+    /// Adding or replacing a route.
+    ReplaceRoute {
+        /// Destination.
+        dst: IpNetwork,
+        /// Output interface.
+        iface: String,
+        /// Routing table.
+        table: u32,
+    },
+    /// Deleting a route.
+    DeleteRoute {
+        /// Destination.
+        dst: IpNetwork,
+        /// Routing table.
+        table: u32,
+    },
+    /// Asking the kernel which route a destination takes.
+    GetRoute {
+        /// Destination address.
+        dst: IpAddr,
+    },
+    /// Listing the policy rules of a family.
+    DumpRules {
+        /// Address family.
+        family: Family,
+    },
+    /// Adding a policy rule.
+    AddRule {
+        /// Address family.
+        family: Family,
+        /// Rule priority.
+        priority: u32,
+        /// Table looked up.
+        table: u32,
+    },
+    /// Deleting a policy rule.
+    DeleteRule {
+        /// Address family.
+        family: Family,
+        /// Rule priority.
+        priority: u32,
+        /// Table looked up.
+        table: u32,
+    },
+    /// Reading a WireGuard device over generic netlink.
+    WgGetDevice {
+        /// Interface name.
+        iface: String,
+    },
+    /// Configuring a WireGuard device over generic netlink.
+    WgSetDevice {
+        /// Interface name.
+        iface: String,
+        /// Index of the message within the split request (from 0).
+        message: usize,
+        /// Number of messages of the split request.
+        of: usize,
+    },
+    /// Resolving the `wireguard` generic netlink family.
+    WgResolveFamily,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::GetLink { iface } => write!(f, "get link {iface}"),
+            Self::GetLinkByIndex { index } => write!(f, "get link #{index}"),
+            Self::DumpLinks => f.write_str("list links"),
+            Self::SetMtu { iface, mtu } => write!(f, "set mtu {mtu} on {iface}"),
+            Self::SetUp { iface } => write!(f, "set {iface} up"),
+            Self::CreateLink { iface, kind } => write!(f, "create {kind} link {iface}"),
+            Self::DeleteLink { iface } => write!(f, "delete link {iface}"),
+            Self::DumpRoutes { family } => write!(f, "list {family} routes"),
+            Self::ReplaceRoute { dst, iface, table } => {
+                write!(f, "replace route {dst} dev {iface} table {table}")
+            }
+            Self::DeleteRoute { dst, table } => write!(f, "delete route {dst} table {table}"),
+            Self::GetRoute { dst } => write!(f, "get route to {dst}"),
+            Self::DumpRules { family } => write!(f, "list {family} rules"),
+            Self::AddRule {
+                family,
+                priority,
+                table,
+            } => write!(f, "add {family} rule priority {priority} table {table}"),
+            Self::DeleteRule {
+                family,
+                priority,
+                table,
+            } => write!(f, "delete {family} rule priority {priority} table {table}"),
+            Self::WgGetDevice { iface } => write!(f, "get wireguard device {iface}"),
+            Self::WgSetDevice { iface, message, of } => {
+                write!(
+                    f,
+                    "set wireguard device {iface} (message {} of {of})",
+                    message + 1
+                )
+            }
+            Self::WgResolveFamily => f.write_str("resolve the wireguard generic netlink family"),
+        }
+    }
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The netlink socket could not be opened or bound.
+    #[error("cannot open a netlink socket")]
+    Socket(#[source] std::io::Error),
+    /// The kernel answered the request with an error.
+    #[error("{op}: {errno}")]
+    Kernel {
+        /// What was being done.
+        op: Op,
+        /// The kernel's errno.
+        errno: Errno,
+    },
+    /// The request could not be sent: the connection task has stopped.
+    #[error("{op}: the netlink connection is closed")]
+    ConnectionClosed {
+        /// What was being done.
+        op: Op,
+    },
+    /// The kernel's answer could not be decoded or was not the expected message.
+    #[error("{op}: unexpected or undecodable reply from the kernel")]
+    UnexpectedReply {
+        /// What was being done.
+        op: Op,
+    },
+    /// No link with this name exists.
+    #[error("no link named {iface}")]
+    LinkNotFound {
+        /// Interface name.
+        iface: String,
+    },
+    /// This kernel cannot create WireGuard links (no module, or the kind is
+    /// unknown). The agent's `--datapath auto` falls back to userspace on
+    /// exactly this error.
+    #[error("kernel WireGuard is not available: creating {iface} failed with {errno}")]
+    WireGuardUnsupported {
+        /// Interface name.
+        iface: String,
+        /// The kernel's errno (`EOPNOTSUPP`, or `ENODEV`/`ENOENT` from the
+        /// generic netlink family lookup).
+        errno: Errno,
+    },
+    /// A link with the name exists, but it is not of the requested kind.
+    #[error("link {iface} exists with kind {found:?}, expected {expected}")]
+    WrongLinkKind {
+        /// Interface name.
+        iface: String,
+        /// The kind found (`None` when the kernel reports none, e.g. a physical NIC).
+        found: Option<String>,
+        /// The kind wanted.
+        expected: &'static str,
+    },
+    /// An interface name the kernel would refuse (empty, or 16 bytes or more).
+    #[error("invalid interface name {iface:?}: must be 1 to 15 bytes")]
+    InvalidName {
+        /// The rejected name.
+        iface: String,
+    },
+    /// The underlay has no route to a destination.
+    #[error("no route to {dst}")]
+    NoRoute {
+        /// Destination address.
+        dst: IpAddr,
+    },
+    /// Applying a plan failed for some items; the others were applied.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl Error {
+    /// The kernel errno, if this error carries one.
+    #[must_use]
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Self::Kernel { errno, .. } | Self::WireGuardUnsupported { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// Checks an interface name the way the kernel does (`IFNAMSIZ` = 16 with NUL).
+pub(crate) fn check_name(iface: &str) -> Result<(), Error> {
+    if iface.is_empty()
+        || iface.len() >= 16
+        || iface.contains(['/', '\0'])
+        || iface.contains(char::is_whitespace)
+    {
+        return Err(Error::InvalidName {
+            iface: iface.to_owned(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! Routes, rules, link MTU and observe, against a real kernel in a private
+//! network namespace. Asserted both through our own observe code and through
+//! `ip`'s view of the kernel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{Netns, line_starting};
+use ipnetwork::IpNetwork;
+use wireseal_core::{
+    DesiredState, DeviceSpec, Family, LinkSpec, PublicKey, RouteSpec, RoutingPlan, RuleSpec, plan,
+};
+use wireseal_netlink::{ApplyItem, Errno, Error, Netlink, RoutingIds};
+
+const TABLE: u32 = 51830;
+const PRIORITY: u32 = 5210;
+const MARK: u32 = 0x1000_0000;
+const IDS: RoutingIds = RoutingIds {
+    table: TABLE,
+    priority: PRIORITY,
+};
+const DEV: &str = "wsv0";
+
+fn route(dst: &str, mtu: u32) -> RouteSpec {
+    RouteSpec {
+        dst: dst.parse().unwrap(),
+        dev: DEV.into(),
+        mtu,
+    }
+}
+
+fn rule(family: Family) -> RuleSpec {
+    RuleSpec {
+        family,
+        priority: PRIORITY,
+        table: TABLE,
+        fwmark: MARK,
+    }
+}
+
+fn desired(link_mtu: u32, routes: &[RouteSpec]) -> DesiredState {
+    let mut basepoint = [0u8; 32];
+    basepoint[0] = 9;
+    DesiredState {
+        link: LinkSpec {
+            name: DEV.into(),
+            mtu: link_mtu,
+        },
+        device: DeviceSpec {
+            public_key: PublicKey::from_bytes(basepoint).unwrap(),
+            listen_port: 51830,
+            fwmark: MARK,
+            peers: BTreeMap::new(),
+        },
+        routes: routes.iter().map(|r| (r.dst, r.clone())).collect(),
+        rules: [rule(Family::V4), rule(Family::V6)].into(),
+    }
+}
+
+/// One reconcile pass as the agent runs it: observe, plan, apply routing.
+/// Returns the number of netlink writes it made.
+async fn reconcile(nl: &Netlink, want: &DesiredState) -> u64 {
+    let before = nl.writes();
+    let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+    let plan = plan(want, &observed.state);
+    nl.apply_routing(TABLE, DEV, plan.link.set_mtu, &plan.routing)
+        .await
+        .unwrap();
+    nl.writes() - before
+}
+
+#[test]
+fn apply_observe_converge_and_idempotence() {
+    let ns = Netns::new();
+    ns.veth(DEV, "wsv1");
+    let v4a = route("10.244.1.0/24", 1340);
+    let v4b = route("10.244.2.0/24", 1340);
+    let v6 = route("fd00:244:1::/64", 1340);
+    let want = desired(1420, &[v4a.clone(), v4b, v6]);
+
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+
+        // First pass: 3 routes + 2 rules + the link MTU.
+        assert_eq!(reconcile(&nl, &want).await, 6);
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert_eq!(observed.state.routes, want.routes);
+        assert_eq!(observed.state.rules, want.rules);
+        assert_eq!(observed.state.link, Some(want.link.clone()));
+        assert!(observed.foreign_rules.is_empty());
+        assert!(plan(&want, &observed.state).routing.is_empty());
+
+        // The kernel's view, through iproute2.
+        let v4 = ns.ip(&["route", "show", "table", "51830"]);
+        for dst in ["10.244.1.0/24", "10.244.2.0/24"] {
+            let line = line_starting(&v4, dst).unwrap_or_else(|| panic!("{dst} missing:\n{v4}"));
+            assert!(
+                line.contains("dev wsv0") && line.contains("mtu 1340"),
+                "{line}"
+            );
+        }
+        let v6out = ns.ip(&["-6", "route", "show", "table", "51830"]);
+        let line = line_starting(&v6out, "fd00:244:1::/64").expect(&v6out);
+        assert!(
+            line.contains("dev wsv0") && line.contains("mtu 1340"),
+            "{line}"
+        );
+        let rules4 = ns.ip(&["rule", "show"]);
+        let rules6 = ns.ip(&["-6", "rule", "show"]);
+        for rules in [&rules4, &rules6] {
+            let line = line_starting(rules, "5210:").expect(rules);
+            assert_eq!(
+                line.split_whitespace().collect::<Vec<_>>().join(" "),
+                "5210: not from all fwmark 0x10000000/0x10000000 lookup 51830"
+            );
+        }
+        assert!(ns.ip(&["link", "show", DEV]).contains("mtu 1420"));
+
+        // Second pass of the same desired state: nothing to write.
+        assert_eq!(reconcile(&nl, &want).await, 0);
+        let before = nl.writes();
+        nl.apply_routing(TABLE, DEV, None, &RoutingPlan::default())
+            .await
+            .unwrap();
+        assert_eq!(nl.writes(), before, "an empty plan must not write");
+
+        // Someone deletes our route and rule: observe sees it, one pass restores it.
+        ns.ip(&["route", "del", "10.244.1.0/24", "table", "51830"]);
+        ns.ip(&["rule", "del", "priority", "5210"]);
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert!(!observed.state.routes.contains_key(&v4a.dst));
+        assert!(!observed.state.rules.contains(&rule(Family::V4)));
+        assert_eq!(reconcile(&nl, &want).await, 2);
+        let v4 = ns.ip(&["route", "show", "table", "51830"]);
+        assert!(line_starting(&v4, "10.244.1.0/24").is_some(), "{v4}");
+        assert!(line_starting(&ns.ip(&["rule", "show"]), "5210:").is_some());
+
+        // An MTU change replaces the routes in place: one route per destination.
+        let lower = desired(
+            1420,
+            &[
+                route("10.244.1.0/24", 1300),
+                route("10.244.2.0/24", 1300),
+                route("fd00:244:1::/64", 1300),
+            ],
+        );
+        assert_eq!(reconcile(&nl, &lower).await, 3);
+        let v4 = ns.ip(&["route", "show", "table", "51830"]);
+        assert_eq!(v4.lines().count(), 2, "{v4}");
+        assert!(v4.lines().all(|line| line.contains("mtu 1300")), "{v4}");
+        let v6out = ns.ip(&["-6", "route", "show", "table", "51830"]);
+        assert_eq!(v6out.lines().count(), 1, "{v6out}");
+        assert!(v6out.contains("mtu 1300"), "{v6out}");
+
+        // A node leaves: its route goes, the others stay.
+        let fewer = desired(
+            1420,
+            &[route("10.244.1.0/24", 1300), route("fd00:244:1::/64", 1300)],
+        );
+        assert_eq!(reconcile(&nl, &fewer).await, 1);
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert_eq!(observed.state.routes, fewer.routes);
+
+        // wireseal switched off: rules first, then routes.
+        let off = RoutingPlan {
+            remove_rules: fewer.rules.clone(),
+            remove_routes: fewer.routes.keys().copied().collect(),
+            ..RoutingPlan::default()
+        };
+        nl.apply_routing(TABLE, DEV, None, &off).await.unwrap();
+        assert_eq!(ns.ip(&["route", "show", "table", "51830"]), "");
+        assert!(line_starting(&ns.ip(&["rule", "show"]), "5210:").is_none());
+    });
+}
+
+#[test]
+fn primitives_are_idempotent() {
+    let ns = Netns::new();
+    ns.veth(DEV, "wsv1");
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let r = route("10.244.9.0/24", 1400);
+        nl.replace_route(&r, TABLE).await.unwrap();
+        nl.replace_route(&r, TABLE).await.unwrap();
+        nl.add_rule(&rule(Family::V4)).await.unwrap();
+        // The second add reaches the kernel, which answers EEXIST: success.
+        nl.add_rule(&rule(Family::V4)).await.unwrap();
+        let rules = ns.ip(&["rule", "show"]);
+        assert_eq!(
+            rules.lines().filter(|l| l.starts_with("5210:")).count(),
+            1,
+            "{rules}"
+        );
+        assert_eq!(
+            ns.ip(&["route", "show", "table", "51830"]).lines().count(),
+            1
+        );
+
+        nl.delete_route(r.dst, TABLE).await.unwrap();
+        nl.delete_route(r.dst, TABLE).await.unwrap();
+        nl.delete_rule(&rule(Family::V4)).await.unwrap();
+        nl.delete_rule(&rule(Family::V4)).await.unwrap();
+        nl.delete_rule(&rule(Family::V6)).await.unwrap();
+        assert_eq!(ns.ip(&["route", "show", "table", "51830"]), "");
+        assert!(line_starting(&ns.ip(&["rule", "show"]), "5210:").is_none());
+        assert_eq!(nl.writes(), 9);
+    });
+}
+
+#[test]
+fn apply_collects_every_failure_and_applies_the_rest() {
+    let ns = Netns::new();
+    ns.veth(DEV, "wsv1");
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let good = route("10.244.3.0/24", 1400);
+        let orphan = RouteSpec {
+            dev: "nosuchdev0".into(),
+            ..route("10.244.4.0/24", 1400)
+        };
+        let plan = RoutingPlan {
+            add_routes: [(good.dst, good.clone()), (orphan.dst, orphan.clone())].into(),
+            add_rules: [rule(Family::V4)].into(),
+            ..RoutingPlan::default()
+        };
+        // MTU 60 is below the minimum for an Ethernet device (68): EINVAL.
+        let err = nl
+            .apply_routing(TABLE, DEV, Some(60), &plan)
+            .await
+            .unwrap_err();
+        assert_eq!(err.failures.len(), 2, "{err}");
+        assert_eq!(
+            err.failures[0].item,
+            ApplyItem::SetMtu {
+                iface: DEV.into(),
+                mtu: 60
+            }
+        );
+        assert_eq!(err.failures[0].errno(), Some(Errno(libc::EINVAL)));
+        assert_eq!(err.failures[1].item, ApplyItem::ReplaceRoute(orphan));
+        assert!(
+            matches!(&err.failures[1].error, Error::LinkNotFound { iface } if iface == "nosuchdev0")
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("set mtu 60 on wsv0") && text.contains("nosuchdev0"),
+            "{text}"
+        );
+        // The good items went in despite the failures.
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert_eq!(
+            observed
+                .state
+                .routes
+                .keys()
+                .copied()
+                .collect::<Vec<IpNetwork>>(),
+            vec![good.dst]
+        );
+        assert_eq!(observed.state.rules, BTreeSet::from([rule(Family::V4)]));
+    });
+}
+
+#[test]
+fn foreign_rules_at_our_priority_are_reported_not_taken() {
+    let ns = Netns::new();
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        ns.ip(&[
+            "rule",
+            "add",
+            "fwmark",
+            "0x10000000/0x10000000",
+            "lookup",
+            "51830",
+            "priority",
+            "5210",
+        ]);
+        ns.ip(&[
+            "rule", "add", "not", "fwmark", "0x20", "lookup", "51830", "priority", "5210",
+        ]);
+        ns.ip(&[
+            "rule",
+            "add",
+            "not",
+            "fwmark",
+            "0x40/0x40",
+            "lookup",
+            "51830",
+            "priority",
+            "5210",
+        ]);
+        ns.ip(&[
+            "rule",
+            "add",
+            "iif",
+            "lo",
+            "not",
+            "fwmark",
+            "0x80/0x80",
+            "lookup",
+            "51830",
+            "priority",
+            "5210",
+        ]);
+        ns.ip(&[
+            "rule",
+            "add",
+            "not",
+            "fwmark",
+            "0x10000000/0x10000000",
+            "lookup",
+            "51830",
+            "priority",
+            "5211",
+        ]);
+        let rules = nl.rules(PRIORITY, TABLE).await.unwrap();
+        // Only the inverted mark/mask rule has wireseal's shape (with another mark).
+        assert_eq!(
+            rules.ours,
+            BTreeSet::from([RuleSpec {
+                fwmark: 0x40,
+                ..rule(Family::V4)
+            }])
+        );
+        // Mark without `not`, mark without mask, and a rule with an iif
+        // selector are someone else's; the rule at another priority is ignored.
+        assert_eq!(rules.foreign.len(), 3, "{:?}", rules.foreign);
+    });
+}
+
+#[test]
+fn routes_through_a_tun_device_as_the_userspace_datapath_uses() {
+    let ns = Netns::new();
+    // The userspace datapath opens its own TUN; a persistent one stands in.
+    ns.ip(&["tuntap", "add", "dev", "wireseal0", "mode", "tun"]);
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let link = nl.link("wireseal0").await.unwrap().expect("tun exists");
+        assert_eq!(link.kind.as_deref(), Some("tun"));
+        nl.set_mtu("wireseal0", 1420).await.unwrap();
+        assert!(nl.ensure_up("wireseal0").await.unwrap());
+        let routes = [
+            RouteSpec {
+                dst: "10.244.7.0/24".parse().unwrap(),
+                dev: "wireseal0".into(),
+                mtu: 1420,
+            },
+            RouteSpec {
+                dst: "fd00:244:7::/64".parse().unwrap(),
+                dev: "wireseal0".into(),
+                mtu: 1420,
+            },
+        ];
+        let plan = RoutingPlan {
+            add_routes: routes.iter().map(|r| (r.dst, r.clone())).collect(),
+            add_rules: [rule(Family::V4), rule(Family::V6)].into(),
+            ..RoutingPlan::default()
+        };
+        nl.apply_routing(TABLE, "wireseal0", None, &plan)
+            .await
+            .unwrap();
+        let observed = nl.observe_routing("wireseal0", IDS).await.unwrap();
+        assert_eq!(observed.state.routes, plan.add_routes);
+        assert_eq!(observed.state.link.map(|l| l.mtu), Some(1420));
+        let v4 = ns.ip(&["route", "show", "table", "51830"]);
+        assert!(
+            v4.contains("10.244.7.0/24 dev wireseal0") && v4.contains("mtu 1420"),
+            "{v4}"
+        );
+    });
+}
