@@ -6,17 +6,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{info, warn};
 use wireseal_keymgr::{KeyOrigin, KeyStore};
+use wireseal_netlink::{Change, Monitor, Netlink};
 
-use crate::cli::DatapathChoice;
 use crate::config::Config;
-use crate::datapath::memory::MemoryNode;
+use crate::datapath::Datapath as _;
+use crate::datapath::any::{self, AnyDatapath, AnyRouting, UserspaceSettings};
+use crate::datapath::netlink_routing::NetlinkRouting;
 use crate::k8s::{self, ClusterView};
 use crate::metrics::Metrics;
 use crate::reconcile::{Outputs, Reconciler, Timing};
@@ -46,7 +48,7 @@ pub async fn run(config: Config) -> Result<()> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
     let (outputs_tx, outputs_rx) = watch::channel(Outputs::default());
-    let (_triggers_tx, triggers) = mpsc::channel(16);
+    let (triggers_tx, triggers) = mpsc::channel(16);
 
     let (_, serving) = crate::http::serve(
         config.status_addr,
@@ -88,34 +90,61 @@ pub async fn run(config: Config) -> Result<()> {
         resync: Duration::from_secs(config.resync_secs),
         ..Timing::default()
     };
-    match config.datapath {
-        DatapathChoice::Memory => {
-            info!(
-                datapath = "memory",
-                "datapath chosen: in memory only, no traffic is carried"
-            );
-            let node = MemoryNode::new();
-            let reconciler = Reconciler::new(
-                config,
-                key,
-                node.clone(),
-                node,
-                view_rx,
-                outputs_tx,
-                status,
-                timing,
-            )
-            .with_metrics(metrics);
-            reconciler.run(triggers, shutdown).await;
+    let userspace = UserspaceSettings {
+        uapi_dir: config.uapi_dir.clone(),
+        spawn: config.spawn_tunnel.clone(),
+    };
+    let (datapath, reason) = any::select(config.datapath, &config.interface, &userspace).await?;
+    info!(datapath = %datapath.kind(), reason = %reason, memory = matches!(datapath, AnyDatapath::Memory(_)), "datapath chosen");
+    let routing = match &datapath {
+        AnyDatapath::Memory(node) => AnyRouting::Memory(node.clone()),
+        AnyDatapath::Kernel(_) | AnyDatapath::Userspace(_) => {
+            spawn_netlink_triggers(triggers_tx, config.route_table);
+            let netlink = Netlink::connect().context("opening rtnetlink")?;
+            AnyRouting::Netlink(NetlinkRouting::new(
+                netlink,
+                config.route_table,
+                config.fwmark,
+            ))
         }
-        DatapathChoice::Auto | DatapathChoice::Kernel | DatapathChoice::Userspace => {
-            bail!(
-                "--datapath {:?}: the kernel and userspace datapaths are not wired into the agent yet",
-                config.datapath
-            )
-        }
-    }
+    };
+    Reconciler::new(
+        config, key, datapath, routing, view_rx, outputs_tx, status, timing,
+    )
+    .with_metrics(metrics)
+    .run(triggers, shutdown)
+    .await;
     Ok(())
+}
+
+/// Someone deleting wireseal's route or rule, or the tunnel link changing,
+/// triggers a pass that puts things back. Changes to other tables are ignored.
+fn spawn_netlink_triggers(triggers: mpsc::Sender<()>, table: u32) {
+    tokio::spawn(async move {
+        loop {
+            let mut monitor = match Monitor::subscribe() {
+                Ok(monitor) => monitor,
+                Err(err) => {
+                    warn!(error = %err, "cannot watch netlink changes; relying on the periodic resync");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    continue;
+                }
+            };
+            while let Some(change) = monitor.next().await {
+                let relevant = match change {
+                    Change::Route { table: changed } => changed == table,
+                    // Rules, links, and whatever kinds of change netlink reports later.
+                    _ => true,
+                };
+                if relevant && triggers.try_send(()).is_err() && triggers.is_closed() {
+                    return;
+                }
+            }
+            // The subscription ended (socket overrun or closed): resubscribe; the
+            // resync covers anything missed meanwhile.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }
 
 async fn wait_for_signal() {

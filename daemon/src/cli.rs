@@ -120,6 +120,15 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 0, env = "WIRESEAL_PERSISTENT_KEEPALIVE")]
     pub persistent_keepalive: u16,
 
+    /// Directory of the userspace datapath's UAPI socket (`IFACE.sock`).
+    #[arg(long, default_value = "/var/run/wireguard", env = "WIRESEAL_UAPI_DIR")]
+    pub uapi_dir: PathBuf,
+
+    /// Start this `wireseal-tunnel` binary when the userspace datapath is chosen
+    /// and none answers. In the DaemonSet the tunnel runs as its own container instead.
+    #[arg(long, env = "WIRESEAL_SPAWN_TUNNEL")]
+    pub spawn_tunnel: Option<PathBuf>,
+
     /// Address of the local /healthz, /readyz, /metrics and /status endpoint.
     #[arg(long, default_value = "127.0.0.1:9830", env = "WIRESEAL_STATUS_ADDR")]
     pub status_addr: std::net::SocketAddr,

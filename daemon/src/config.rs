@@ -63,6 +63,10 @@ pub struct Config {
     pub rule_priority: u32,
     /// Persistent keepalive in seconds, if any.
     pub persistent_keepalive: Option<u16>,
+    /// Directory of the userspace datapath's UAPI socket.
+    pub uapi_dir: PathBuf,
+    /// Binary to start for the userspace datapath, if the agent should.
+    pub spawn_tunnel: Option<PathBuf>,
     /// Status endpoint address.
     pub status_addr: SocketAddr,
     /// Seconds between periodic reconcile passes.
@@ -177,6 +181,8 @@ impl Config {
             rule_priority: args.rule_priority,
             persistent_keepalive: (args.persistent_keepalive != 0)
                 .then_some(args.persistent_keepalive),
+            uapi_dir: args.uapi_dir.clone(),
+            spawn_tunnel: args.spawn_tunnel.clone(),
             status_addr: args.status_addr,
             resync_secs: args.resync_interval,
             watch_timeout_secs: args.watch_timeout,

@@ -176,6 +176,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         }
 
         self.datapath.ensure_link(&want.state.link).await?;
+        self.routing.ensure_up(&self.config.interface).await?;
         let device = self.datapath.observe().await?;
         let routing = self
             .routing

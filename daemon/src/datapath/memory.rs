@@ -91,6 +91,10 @@ impl Routing for MemoryNode {
         })
     }
 
+    async fn ensure_up(&mut self, _interface: &str) -> Result<(), DatapathError> {
+        Ok(())
+    }
+
     async fn set_mtu(&mut self, _interface: &str, mtu: u32) -> Result<(), DatapathError> {
         if let Some(link) = self.state.lock().await.link.as_mut() {
             link.mtu = mtu;

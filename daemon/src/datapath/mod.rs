@@ -2,7 +2,10 @@
 //! ([`Datapath`], one implementation per datapath) and the tunnel interface's
 //! MTU, routes and rules ([`Routing`], shared by both datapaths).
 
+pub mod any;
+pub mod kernel;
 pub mod memory;
+pub mod netlink_routing;
 pub mod uapi;
 pub mod userspace;
 
@@ -106,6 +109,12 @@ pub trait Routing: Send {
         table: u32,
         priority: u32,
     ) -> impl Future<Output = Result<RoutingObservation, DatapathError>> + Send;
+
+    /// Sets the tunnel interface up (the userspace datapath creates it down).
+    fn ensure_up(
+        &mut self,
+        interface: &str,
+    ) -> impl Future<Output = Result<(), DatapathError>> + Send;
 
     /// Sets the tunnel interface's MTU.
     fn set_mtu(

@@ -1,0 +1,207 @@
+//! Static dispatch over the datapaths and routings the agent can run, and
+//! the `--datapath auto` choice.
+
+use std::path::PathBuf;
+
+use tracing::info;
+use wireseal_core::{DatapathKind, DevicePlan, LinkSpec, RoutingPlan};
+use wireseal_keymgr::PrivateKey;
+use wireseal_netlink::wireguard::WireGuard;
+use wireseal_netlink::{Error as NetlinkError, Netlink, WIREGUARD_KIND};
+
+use super::kernel::KernelDatapath;
+use super::memory::MemoryNode;
+use super::netlink_routing::NetlinkRouting;
+use super::userspace::UserspaceDatapath;
+use super::{
+    Datapath, DatapathError, DeviceObservation, Routing, RoutingObservation, RoutingPhase,
+};
+use crate::cli::DatapathChoice;
+
+/// Link kind of the userspace datapath's TUN device.
+const TUN_KIND: &str = "tun";
+
+/// One of the datapaths.
+#[derive(Debug)]
+pub enum AnyDatapath {
+    /// Kernel WireGuard.
+    Kernel(KernelDatapath),
+    /// The userspace process.
+    Userspace(UserspaceDatapath),
+    /// In memory only.
+    Memory(MemoryNode),
+}
+
+/// One of the routings.
+#[derive(Debug)]
+pub enum AnyRouting {
+    /// The kernel's.
+    Netlink(NetlinkRouting),
+    /// In memory only.
+    Memory(MemoryNode),
+}
+
+/// What the userspace datapath needs to be found or started.
+#[derive(Debug, Clone)]
+pub struct UserspaceSettings {
+    /// Directory of the UAPI socket.
+    pub uapi_dir: PathBuf,
+    /// Binary to start when no process answers.
+    pub spawn: Option<PathBuf>,
+}
+
+/// Picks the datapath. `auto` adopts whatever already runs (a `wireguard`
+/// link, or the userspace process's TUN), else tries to create a kernel
+/// WireGuard link and falls back to userspace when the kernel says it has none.
+///
+/// # Errors
+/// When `kernel` is forced and unavailable, or netlink itself fails.
+pub async fn select(
+    choice: DatapathChoice,
+    interface: &str,
+    userspace: &UserspaceSettings,
+) -> Result<(AnyDatapath, String), DatapathError> {
+    let userspace_datapath =
+        || UserspaceDatapath::new(interface, &userspace.uapi_dir, userspace.spawn.clone());
+    let kernel = || -> Result<KernelDatapath, DatapathError> {
+        let netlink =
+            Netlink::connect().map_err(|err| DatapathError::new("opening rtnetlink", err))?;
+        let wireguard = WireGuard::connect()
+            .map_err(|err| DatapathError::new("opening generic netlink", err))?;
+        Ok(KernelDatapath::new(netlink, wireguard, interface))
+    };
+    match choice {
+        DatapathChoice::Memory => Ok((
+            AnyDatapath::Memory(MemoryNode::new()),
+            "forced with --datapath memory".into(),
+        )),
+        DatapathChoice::Userspace => Ok((
+            AnyDatapath::Userspace(userspace_datapath()),
+            "forced with --datapath userspace".into(),
+        )),
+        DatapathChoice::Kernel => Ok((
+            AnyDatapath::Kernel(kernel()?),
+            "forced with --datapath kernel".into(),
+        )),
+        DatapathChoice::Auto => {
+            let netlink =
+                Netlink::connect().map_err(|err| DatapathError::new("opening rtnetlink", err))?;
+            let existing = netlink
+                .link(interface)
+                .await
+                .map_err(|err| DatapathError::new(format!("reading link {interface}"), err))?;
+            match existing.as_ref().and_then(|l| l.kind.as_deref()) {
+                Some(WIREGUARD_KIND) => {
+                    return Ok((
+                        AnyDatapath::Kernel(kernel()?),
+                        format!("adopted the existing wireguard link {interface}"),
+                    ));
+                }
+                Some(TUN_KIND) => {
+                    return Ok((
+                        AnyDatapath::Userspace(userspace_datapath()),
+                        format!("adopted the existing userspace device {interface}"),
+                    ));
+                }
+                _ => {}
+            }
+            match netlink.create_wireguard(interface).await {
+                Ok(()) => Ok((
+                    AnyDatapath::Kernel(kernel()?),
+                    "the kernel has WireGuard".into(),
+                )),
+                Err(err @ NetlinkError::WireGuardUnsupported { .. }) => {
+                    info!(error = %err, "no kernel WireGuard; using the userspace datapath");
+                    Ok((
+                        AnyDatapath::Userspace(userspace_datapath()),
+                        format!("the kernel has no WireGuard ({err})"),
+                    ))
+                }
+                Err(err) => Err(DatapathError::new(
+                    format!("creating wireguard link {interface}"),
+                    err,
+                )),
+            }
+        }
+    }
+}
+
+impl Datapath for AnyDatapath {
+    fn kind(&self) -> DatapathKind {
+        match self {
+            Self::Kernel(d) => d.kind(),
+            Self::Userspace(d) => d.kind(),
+            Self::Memory(d) => d.kind(),
+        }
+    }
+
+    async fn ensure_link(&mut self, link: &LinkSpec) -> Result<(), DatapathError> {
+        match self {
+            Self::Kernel(d) => d.ensure_link(link).await,
+            Self::Userspace(d) => d.ensure_link(link).await,
+            Self::Memory(d) => d.ensure_link(link).await,
+        }
+    }
+
+    async fn observe(&mut self) -> Result<DeviceObservation, DatapathError> {
+        match self {
+            Self::Kernel(d) => d.observe().await,
+            Self::Userspace(d) => d.observe().await,
+            Self::Memory(d) => Datapath::observe(d).await,
+        }
+    }
+
+    async fn apply(&mut self, plan: &DevicePlan, key: &PrivateKey) -> Result<(), DatapathError> {
+        match self {
+            Self::Kernel(d) => d.apply(plan, key).await,
+            Self::Userspace(d) => d.apply(plan, key).await,
+            Self::Memory(d) => Datapath::apply(d, plan, key).await,
+        }
+    }
+}
+
+impl Routing for AnyRouting {
+    async fn observe(
+        &mut self,
+        interface: &str,
+        table: u32,
+        priority: u32,
+    ) -> Result<RoutingObservation, DatapathError> {
+        match self {
+            Self::Netlink(r) => r.observe(interface, table, priority).await,
+            Self::Memory(r) => Routing::observe(r, interface, table, priority).await,
+        }
+    }
+
+    async fn ensure_up(&mut self, interface: &str) -> Result<(), DatapathError> {
+        match self {
+            Self::Netlink(r) => r.ensure_up(interface).await,
+            Self::Memory(r) => r.ensure_up(interface).await,
+        }
+    }
+
+    async fn set_mtu(&mut self, interface: &str, mtu: u32) -> Result<(), DatapathError> {
+        match self {
+            Self::Netlink(r) => r.set_mtu(interface, mtu).await,
+            Self::Memory(r) => r.set_mtu(interface, mtu).await,
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        plan: &RoutingPlan,
+        phase: RoutingPhase,
+    ) -> Result<(), DatapathError> {
+        match self {
+            Self::Netlink(r) => r.apply(plan, phase).await,
+            Self::Memory(r) => Routing::apply(r, plan, phase).await,
+        }
+    }
+
+    async fn path_mtu(&mut self, dst: std::net::IpAddr) -> Result<u32, DatapathError> {
+        match self {
+            Self::Netlink(r) => r.path_mtu(dst).await,
+            Self::Memory(r) => r.path_mtu(dst).await,
+        }
+    }
+}

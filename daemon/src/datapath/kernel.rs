@@ -1,0 +1,112 @@
+//! Kernel WireGuard: a `wireguard` link configured over generic netlink.
+
+use std::collections::BTreeMap;
+use std::time::UNIX_EPOCH;
+
+use wireseal_core::{DatapathKind, DevicePlan, LinkSpec, PublicKey};
+use wireseal_keymgr::PrivateKey;
+use wireseal_netlink::wireguard::WireGuard;
+use wireseal_netlink::{Netlink, WIREGUARD_KIND};
+
+use super::{Datapath, DatapathError, DeviceObservation, PeerStats};
+
+/// The kernel WireGuard device `interface`.
+pub struct KernelDatapath {
+    netlink: Netlink,
+    wireguard: WireGuard,
+    interface: String,
+}
+
+impl std::fmt::Debug for KernelDatapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelDatapath")
+            .field("interface", &self.interface)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KernelDatapath {
+    /// A kernel datapath for `interface` over these connections.
+    #[must_use]
+    pub fn new(netlink: Netlink, wireguard: WireGuard, interface: &str) -> Self {
+        Self {
+            netlink,
+            wireguard,
+            interface: interface.to_owned(),
+        }
+    }
+}
+
+impl Datapath for KernelDatapath {
+    fn kind(&self) -> DatapathKind {
+        DatapathKind::Kernel
+    }
+
+    async fn ensure_link(&mut self, _link: &LinkSpec) -> Result<(), DatapathError> {
+        let existing =
+            self.netlink.link(&self.interface).await.map_err(|err| {
+                DatapathError::new(format!("reading link {}", self.interface), err)
+            })?;
+        match existing {
+            Some(link) if link.kind.as_deref() == Some(WIREGUARD_KIND) => Ok(()),
+            Some(link) => Err(DatapathError::new(
+                format!("adopting {}", self.interface),
+                format!(
+                    "it exists as a {} link, not wireguard",
+                    link.kind.as_deref().unwrap_or("physical")
+                ),
+            )),
+            None => self
+                .netlink
+                .create_wireguard(&self.interface)
+                .await
+                .map_err(|err| {
+                    DatapathError::new(format!("creating wireguard link {}", self.interface), err)
+                }),
+        }
+    }
+
+    async fn observe(&mut self) -> Result<DeviceObservation, DatapathError> {
+        let device = self
+            .wireguard
+            .get_device(&self.interface)
+            .await
+            .map_err(|err| {
+                DatapathError::new(format!("reading WireGuard device {}", self.interface), err)
+            })?;
+        let stats: BTreeMap<PublicKey, PeerStats> = device
+            .peers
+            .iter()
+            .filter_map(|peer| {
+                let key = PublicKey::from_bytes(peer.public_key).ok()?;
+                Some((
+                    key,
+                    PeerStats {
+                        last_handshake: peer.last_handshake.map(|since| UNIX_EPOCH + since),
+                        rx_bytes: peer.rx_bytes,
+                        tx_bytes: peer.tx_bytes,
+                    },
+                ))
+            })
+            .collect();
+        Ok(DeviceObservation {
+            device: Some(device.to_observed()),
+            stats,
+        })
+    }
+
+    async fn apply(&mut self, plan: &DevicePlan, key: &PrivateKey) -> Result<(), DatapathError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        self.wireguard
+            .apply_device(&self.interface, plan, key.as_bytes())
+            .await
+            .map_err(|err| {
+                DatapathError::new(
+                    format!("configuring WireGuard device {}", self.interface),
+                    err,
+                )
+            })
+    }
+}
