@@ -1,0 +1,167 @@
+//! The TUN device (`/dev/net/tun`, `IFF_TUN | IFF_NO_PI`).
+//!
+//! The device disappears when the last fd closes (it is not made persistent), so a
+//! crashed datapath leaves nothing behind; the agent re-creates the addresses and
+//! routes after a restart.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::mem;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use thiserror::Error;
+
+/// Why the TUN device could not be opened.
+#[derive(Debug, Error)]
+pub enum TunError {
+    /// The interface name is empty, too long (15 bytes max) or has bad characters.
+    #[error("invalid interface name {0:?}")]
+    BadName(String),
+    /// `/dev/net/tun` could not be opened (missing module, no CAP_NET_ADMIN).
+    #[error("opening /dev/net/tun: {0}")]
+    Open(io::Error),
+    /// The TUNSETIFF ioctl failed (e.g. a non-TUN link of that name exists).
+    #[error("creating or attaching TUN {name}: {source}")]
+    SetIff {
+        /// The interface.
+        name: String,
+        /// The ioctl error.
+        source: io::Error,
+    },
+}
+
+/// An open TUN queue.
+pub struct Tun {
+    file: File,
+    name: String,
+}
+
+/// Checks a Linux interface name: 1–15 bytes, no '/', no whitespace, not "." or "..".
+///
+/// # Errors
+/// [`TunError::BadName`].
+pub fn validate_name(name: &str) -> Result<(), TunError> {
+    let ok = !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(TunError::BadName(name.to_owned()))
+    }
+}
+
+fn ifreq_for(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
+impl Tun {
+    /// Creates the TUN interface `name`, or attaches to an existing one of that name.
+    ///
+    /// # Errors
+    /// [`TunError`].
+    pub fn open(name: &str) -> Result<Self, TunError> {
+        validate_name(name)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open("/dev/net/tun")
+            .map_err(TunError::Open)?;
+        let mut req = ifreq_for(name);
+        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads (and writes back the name into) the ifreq we pass,
+        // which is a valid, initialised libc::ifreq living across the call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &raw mut req) };
+        if rc < 0 {
+            return Err(TunError::SetIff {
+                name: name.to_owned(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(Self {
+            file,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The interface name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sets the link up (the agent owns addresses, routes and the MTU).
+    ///
+    /// # Errors
+    /// ioctl errors.
+    pub fn set_up(&self) -> io::Result<()> {
+        let sock: OwnedFd = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let mut req = ifreq_for(&self.name);
+        // SAFETY: SIOCGIFFLAGS fills ifru_flags of the valid ifreq we pass.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the union member just written by SIOCGIFFLAGS is ifru_flags.
+        let flags = unsafe { req.ifr_ifru.ifru_flags };
+        req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+        // SAFETY: SIOCSIFFLAGS reads the valid ifreq we pass.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits until a packet can be read, at most `timeout`. Returns true when readable.
+    ///
+    /// # Errors
+    /// poll errors other than an interrupt.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads one IP packet without blocking. `Ok(None)` when none is queued.
+    ///
+    /// # Errors
+    /// Read errors.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match (&self.file).read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes one IP packet. A full TUN queue drops the packet, as a NIC would.
+    pub fn write_packet(&self, packet: &[u8]) {
+        if let Err(e) = (&self.file).write(packet)
+            && e.kind() != io::ErrorKind::WouldBlock
+        {
+            tracing::debug!(error = %e, "tun write failed");
+        }
+    }
+}
