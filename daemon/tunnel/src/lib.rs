@@ -9,6 +9,7 @@
 pub mod allowed_ips;
 pub mod device;
 pub mod key;
+pub mod offload;
 pub mod pipeline;
 pub mod tun;
 pub mod uapi;

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use crate::TIMER_TICK;
 use crate::device::{Device, MAX_DATAGRAM, Sink};
+use crate::offload::{self, VNET_HDR_LEN};
 use crate::tun::Tun;
-use crate::udp::{RecvBatch, SendBatch, Udp, UdpSlot};
+use crate::udp::{BATCH, RecvBatch, SendBatch, Udp, UdpSlot};
 
 /// How long the TUN reader sleeps in poll before it re-checks for a new socket.
 const TUN_POLL: Duration = Duration::from_millis(500);
@@ -77,9 +78,15 @@ pub fn spawn(
     Ok(handles)
 }
 
+/// Room for the segments of one TSO read: 64 KiB of payload plus one copy of the
+/// headers (≤ 120 bytes) per segment even at the smallest MSS Linux allows.
+const SEGMENT_ROOM: usize = 4 * MAX_DATAGRAM;
+
 fn tun_to_udp(device: &Device, slot: &UdpSlot, tun: &Tun) {
     let mut batch = SendBatch::default();
-    let mut packet = vec![0u8; MAX_DATAGRAM];
+    let mut packet = vec![0u8; VNET_HDR_LEN + MAX_DATAGRAM];
+    let mut segments = vec![0u8; SEGMENT_ROOM];
+    let mut segs: Vec<(usize, usize)> = Vec::with_capacity(1024);
     loop {
         match tun.wait_readable(TUN_POLL) {
             Ok(true) => {}
@@ -90,30 +97,50 @@ fn tun_to_udp(device: &Device, slot: &UdpSlot, tun: &Tun) {
                 continue;
             }
         }
-        let udp = slot.get();
-        {
-            // One read lock per batch, not per packet.
-            let state = device.read();
-            while !batch.is_full() {
-                let n = match tun.try_read(&mut packet) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "tun read failed");
-                        break;
-                    }
-                };
-                if let Some((len, dst)) = state.encapsulate(&packet[..n], batch.next_slot()) {
+        let Some(udp) = slot.get() else {
+            // No socket yet: drain the TUN so it does not fill up, and drop.
+            while let Ok(Some(_)) = tun.try_read(&mut packet) {}
+            continue;
+        };
+        // One read lock per burst, not per packet.
+        let state = device.read();
+        for _ in 0..BATCH {
+            let n = match tun.try_read(&mut packet) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tun read failed");
+                    break;
+                }
+            };
+            let (source, segs) = if tun.vnet() {
+                if let Err(e) = offload::split(&mut packet[..n], &mut segments, &mut segs) {
+                    tracing::debug!(error = ?e, "dropping a TUN packet that cannot be segmented");
+                    continue;
+                }
+                (&segments[..], &segs[..])
+            } else {
+                segs.clear();
+                segs.push((0, n));
+                (&packet[..], &segs[..])
+            };
+            for &(off, len) in segs {
+                if batch.is_full() {
+                    udp.send_batch(&batch);
+                    batch.clear();
+                }
+                if let Some((len, dst)) =
+                    state.encapsulate(&source[off..off + len], batch.next_slot())
+                {
                     batch.commit(len, dst);
                 }
             }
         }
-        if let Some(udp) = udp
-            && !batch.is_empty()
-        {
+        drop(state);
+        if !batch.is_empty() {
             udp.send_batch(&batch);
+            batch.clear();
         }
-        batch.clear();
     }
 }
 

@@ -5,7 +5,7 @@
 //! routes after a restart.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, IoSlice, Read as _, Write as _};
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -37,6 +37,10 @@ pub enum TunError {
 pub struct Tun {
     file: File,
     name: String,
+    /// Every read and write carries a virtio-net header (`IFF_VNET_HDR`).
+    vnet: bool,
+    /// The kernel accepted TSO: reads may be TCP super-segments to split.
+    tso: bool,
 }
 
 /// Checks a Linux interface name: 1–15 bytes, no '/', no whitespace, not "." or "..".
@@ -69,10 +73,13 @@ fn ifreq_for(name: &str) -> libc::ifreq {
 
 impl Tun {
     /// Creates the TUN interface `name`, or attaches to an existing one of that name.
+    /// With `offload`, asks for the virtio-net header and TSO/checksum offload (the
+    /// kernel then hands us TCP super-segments); without the kernel's consent to TSO it
+    /// keeps the header but only ever sees plain packets.
     ///
     /// # Errors
     /// [`TunError`].
-    pub fn open(name: &str) -> Result<Self, TunError> {
+    pub fn open(name: &str, offload: bool) -> Result<Self, TunError> {
         validate_name(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -81,7 +88,11 @@ impl Tun {
             .open("/dev/net/tun")
             .map_err(TunError::Open)?;
         let mut req = ifreq_for(name);
-        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
+        if offload {
+            flags |= libc::IFF_VNET_HDR;
+        }
+        req.ifr_ifru.ifru_flags = flags as libc::c_short;
         // SAFETY: TUNSETIFF reads (and writes back the name into) the ifreq we pass,
         // which is a valid, initialised libc::ifreq living across the call.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &raw mut req) };
@@ -91,10 +102,40 @@ impl Tun {
                 source: io::Error::last_os_error(),
             });
         }
+        let tso = offload
+            && {
+                let features = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+                // SAFETY: TUNSETOFFLOAD takes its argument by value; the fd is a TUN fd.
+                let rc = unsafe {
+                    libc::ioctl(
+                        file.as_raw_fd(),
+                        libc::TUNSETOFFLOAD,
+                        libc::c_ulong::from(features),
+                    )
+                };
+                if rc < 0 {
+                    tracing::warn!(error = %io::Error::last_os_error(), "TUN offloads refused, packets go one by one");
+                }
+                rc == 0
+            };
         Ok(Self {
             file,
             name: name.to_owned(),
+            vnet: offload,
+            tso,
         })
+    }
+
+    /// True when reads and writes carry a virtio-net header.
+    #[must_use]
+    pub const fn vnet(&self) -> bool {
+        self.vnet
+    }
+
+    /// True when the kernel may hand us TCP super-segments.
+    #[must_use]
+    pub const fn tso(&self) -> bool {
+        self.tso
     }
 
     /// The interface name.
@@ -156,9 +197,17 @@ impl Tun {
         }
     }
 
-    /// Writes one IP packet. A full TUN queue drops the packet, as a NIC would.
+    /// Writes one IP packet (behind an all-zero virtio-net header when enabled: no
+    /// GSO, and the checksum is already complete). A full TUN queue drops the packet,
+    /// as a NIC would.
     pub fn write_packet(&self, packet: &[u8]) {
-        if let Err(e) = (&self.file).write(packet)
+        let result = if self.vnet {
+            let hdr = [0u8; crate::offload::VNET_HDR_LEN];
+            (&self.file).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(packet)])
+        } else {
+            (&self.file).write(packet)
+        };
+        if let Err(e) = result
             && e.kind() != io::ErrorKind::WouldBlock
         {
             tracing::debug!(error = %e, "tun write failed");

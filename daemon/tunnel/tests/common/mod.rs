@@ -159,9 +159,15 @@ pub fn uapi_socket(iface: &str) -> PathBuf {
 
 /// Starts `wireseal-tunnel` for `iface` in `ns` and waits until `wg` can talk to it.
 pub fn start_wireseal(ns: &str, iface: &str) -> Proc {
+    start_wireseal_with(ns, iface, &[])
+}
+
+/// Same, with extra command-line flags.
+pub fn start_wireseal_with(ns: &str, iface: &str, extra: &[&str]) -> Proc {
     let child = Command::new("ip")
         .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_wireseal-tunnel")])
         .args(["--interface", iface])
+        .args(extra)
         .env("WIRESEAL_LOG", "info")
         .stdout(Stdio::null())
         .stderr(daemon_stderr())
