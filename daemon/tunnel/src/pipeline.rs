@@ -172,7 +172,7 @@ fn udp_to_tun(device: &Device, slot: &UdpSlot, tun: &Tun) {
                 out: &mut out,
             };
             for i in 0..n {
-                if let Some((src, datagram)) = batch.get(i) {
+                for (src, datagram) in batch.datagrams(i) {
                     state.decapsulate(src, datagram, &mut scratch, &mut sink);
                 }
             }
