@@ -8,6 +8,7 @@
 
 pub mod allowed_ips;
 pub mod device;
+pub mod gro;
 pub mod key;
 pub mod offload;
 pub mod pipeline;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::TIMER_TICK;
 use crate::device::{Device, MAX_DATAGRAM, Sink};
+use crate::gro::GroBatch;
 use crate::offload::{self, VNET_HDR_LEN};
 use crate::tun::Tun;
 use crate::udp::{BATCH, RecvBatch, SendBatch, Udp, UdpSlot};
@@ -24,14 +25,23 @@ const TUN_POLL: Duration = Duration::from_millis(500);
 /// directly (one write per packet: without a vnet header the TUN takes one at a time).
 struct BatchSink<'a> {
     tun: Option<&'a Tun>,
+    /// With TUN offloads, decrypted packets are merged (GRO) and written per burst.
+    gro: Option<&'a mut GroBatch>,
     udp: &'a Udp,
     out: &'a mut SendBatch,
 }
 
 impl Sink for BatchSink<'_> {
     fn to_tunnel(&mut self, packet: &[u8]) {
-        if let Some(tun) = self.tun {
-            tun.write_packet(packet);
+        let Some(tun) = self.tun else { return };
+        match self.gro.as_deref_mut() {
+            Some(gro) => {
+                if !gro.push(packet) {
+                    gro.flush(|buf| tun.write_raw(buf));
+                    gro.push(packet);
+                }
+            }
+            None => tun.write_packet(packet),
         }
     }
 
@@ -146,6 +156,7 @@ fn tun_to_udp(device: &Device, slot: &UdpSlot, tun: &Tun) {
 
 fn udp_to_tun(device: &Device, slot: &UdpSlot, tun: &Tun) {
     let mut batch = RecvBatch::default();
+    let mut gro = tun.tso().then(GroBatch::default);
     let mut out = SendBatch::default();
     let mut scratch = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -168,6 +179,7 @@ fn udp_to_tun(device: &Device, slot: &UdpSlot, tun: &Tun) {
             let state = device.read();
             let mut sink = BatchSink {
                 tun: Some(tun),
+                gro: gro.as_mut(),
                 udp: &udp,
                 out: &mut out,
             };
@@ -176,6 +188,9 @@ fn udp_to_tun(device: &Device, slot: &UdpSlot, tun: &Tun) {
                     state.decapsulate(src, datagram, &mut scratch, &mut sink);
                 }
             }
+        }
+        if let Some(gro) = gro.as_mut() {
+            gro.flush(|buf| tun.write_raw(buf));
         }
         if !out.is_empty() {
             udp.send_batch(&out);
@@ -194,6 +209,7 @@ fn timers(device: &Device, slot: &UdpSlot) {
             let state = device.read();
             let mut sink = BatchSink {
                 tun: None,
+                gro: None,
                 udp: &udp,
                 out: &mut out,
             };

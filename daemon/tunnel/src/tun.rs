@@ -197,6 +197,16 @@ impl Tun {
         }
     }
 
+    /// Writes a buffer as is (it already starts with a virtio-net header when
+    /// [`vnet`](Self::vnet) is on).
+    pub fn write_raw(&self, buf: &[u8]) {
+        if let Err(e) = (&self.file).write(buf)
+            && e.kind() != io::ErrorKind::WouldBlock
+        {
+            tracing::debug!(error = %e, "tun write failed");
+        }
+    }
+
     /// Writes one IP packet (behind an all-zero virtio-net header when enabled: no
     /// GSO, and the checksum is already complete). A full TUN queue drops the packet,
     /// as a NIC would.
