@@ -561,3 +561,48 @@ fn tcp_bulk_transfer_with_tun_offloads() {
 fn tcp_bulk_transfer_without_tun_offloads() {
     tcp_bulk(&["--tun-offload=false"]);
 }
+
+#[test]
+fn attaches_to_an_existing_tun_and_refuses_a_second_instance() {
+    require(TOOLS);
+    let ns = Netns::new(format!("wstun-{}-p", unique()));
+    let iface = format!("wst{}p", unique());
+    // A persistent TUN made beforehand (e.g. by an operator or a previous run).
+    ns_run(
+        &ns.name,
+        &["ip", "tuntap", "add", "dev", &iface, "mode", "tun"],
+    );
+    let mut first = start_wireseal_with(&ns.name, &iface, &["--log-format", "json"]);
+    assert!(ns_run(&ns.name, &["ip", "link", "show", &iface]).contains("UP"));
+
+    // A second datapath for the same interface must fail, not steal it.
+    let mut second = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            env!("CARGO_BIN_EXE_wireseal-tunnel"),
+        ])
+        .args(["--interface", &iface])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning a second wireseal-tunnel");
+    let mut status = None;
+    wait_until("the second instance to exit", || {
+        status = second.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    assert!(
+        !status.expect("exited").success(),
+        "a second instance must fail"
+    );
+    assert!(
+        ns_try(&ns.name, &["wg", "show", &iface]).status.success(),
+        "first still serves"
+    );
+
+    assert!(first.stop().expect("exit on SIGTERM").success());
+    // We attached, we did not create: the persistent device stays.
+    assert!(ns_run(&ns.name, &["ip", "link", "show", &iface]).contains(&iface));
+}

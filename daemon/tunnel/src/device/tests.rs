@@ -224,3 +224,74 @@ fn replace_peers_keeps_sessions_of_peers_named_again() {
     assert_eq!(out[0], 4);
     assert_eq!(len, 32 + ping.len(), "header + payload + tag");
 }
+
+#[test]
+fn under_load_handshakes_get_cookie_replies() {
+    let (a, b) = pair();
+    let mut scratch = vec![0u8; MAX_DATAGRAM];
+    let mut init = vec![0u8; 256];
+    let (mut responses, mut cookies) = (0, 0);
+    // A flood of initiations from one peer: past the shared limit B stops doing
+    // Diffie-Hellman for them and answers with cookie replies (type 3) instead.
+    for _ in 0..(2 * HANDSHAKE_RATE_LIMIT) {
+        let len = {
+            let st = a.read();
+            let peer = st.peers().next().unwrap();
+            let mut inner = peer.lock();
+            let tunn = inner.tunn.as_mut().unwrap();
+            match tunn.format_handshake_initiation(&mut init, true) {
+                boringtun::noise::TunnResult::WriteToNetwork(p) => p.len(),
+                _ => panic!("no initiation"),
+            }
+        };
+        let mut sink = Mem::default();
+        b.read().decapsulate(
+            A_ADDR.parse().unwrap(),
+            &init[..len],
+            &mut scratch,
+            &mut sink,
+        );
+        for (reply, dst) in sink.network {
+            assert_eq!(dst, A_ADDR.parse().unwrap());
+            match reply[0] {
+                2 => responses += 1,
+                3 => cookies += 1,
+                t => panic!("unexpected reply type {t}"),
+            }
+        }
+    }
+    assert!(responses > 0, "the first handshakes are answered");
+    assert!(cookies > 0, "under load, cookies are demanded");
+    assert!(responses <= usize::try_from(HANDSHAKE_RATE_LIMIT).unwrap());
+}
+
+#[test]
+fn outgoing_packets_go_to_the_peer_with_the_longest_prefix() {
+    let dev = Device::new(Box::new(NoNet));
+    let (p1, p2) = (hex(&public_of([3u8; 32])), hex(&public_of([4u8; 32])));
+    set(
+        &dev,
+        &format!(
+            "set=1\nprivate_key={}\npublic_key={p1}\nendpoint=192.0.2.3:1\nallowed_ip=10.0.0.0/8\n\
+         public_key={p2}\nendpoint=192.0.2.4:1\nallowed_ip=10.1.0.0/16",
+            hex(&[1u8; 32])
+        ),
+    );
+    let mut out = vec![0u8; MAX_DATAGRAM];
+    // No session yet: the packet is queued and a handshake initiation goes to the
+    // chosen peer's endpoint, which is what tells us the routing decision.
+    let to = |dst: [u8; 4], out: &mut [u8]| {
+        dev.read()
+            .encapsulate(&ipv4([10, 9, 9, 9], dst, b"x"), out)
+            .map(|(_, a)| a)
+    };
+    assert_eq!(
+        to([10, 1, 2, 3], &mut out),
+        Some("192.0.2.4:1".parse().unwrap())
+    );
+    assert_eq!(
+        to([10, 2, 2, 3], &mut out),
+        Some("192.0.2.3:1".parse().unwrap())
+    );
+    assert_eq!(to([11, 0, 0, 1], &mut out), None);
+}
