@@ -41,6 +41,7 @@ pub struct Tun {
     vnet: bool,
     /// The kernel accepted TSO: reads may be TCP super-segments to split.
     tso: bool,
+    warned_gso: std::sync::atomic::AtomicBool,
 }
 
 /// Checks a Linux interface name: 1–15 bytes, no '/', no whitespace, not "." or "..".
@@ -123,6 +124,7 @@ impl Tun {
             name: name.to_owned(),
             vnet: offload,
             tso,
+            warned_gso: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -203,6 +205,15 @@ impl Tun {
         if let Err(e) = (&self.file).write(buf)
             && e.kind() != io::ErrorKind::WouldBlock
         {
+            // A kernel refusing our GSO super-segments would lose data silently at
+            // debug level; say so once, loudly.
+            if e.kind() == io::ErrorKind::InvalidInput
+                && !self
+                    .warned_gso
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(error = %e, "TUN rejected a merged (GRO) packet");
+            }
             tracing::debug!(error = %e, "tun write failed");
         }
     }

@@ -482,8 +482,13 @@ fn pattern(offset: u64) -> u8 {
 /// kernel hands over TCP super-segments that we cut up and checksum ourselves; a wrong
 /// checksum, length or sequence number would stall or corrupt the stream. Runs once
 /// with offloads and once without.
-fn tcp_bulk(extra: &[&str]) {
+fn tcp_bulk(extra: &[&str], v6: bool) {
     use std::net::{TcpListener, TcpStream};
+    let (ip_a, ip_b) = if v6 {
+        ("fd51::1", "fd51::2")
+    } else {
+        ("10.251.0.1", "10.251.0.2")
+    };
     require(TOOLS);
     let pair = Pair::new();
     let dir = tempfile::tempdir().expect("test setup");
@@ -492,30 +497,14 @@ fn tcp_bulk(extra: &[&str]) {
     let _db = start_wireseal_with(&pair.b.name, &ib, extra);
     let (ka, pa) = genkey(dir.path(), "a.key");
     let (kb, pb) = genkey(dir.path(), "b.key");
-    configure(
-        &pair.a.name,
-        &ia,
-        &ka,
-        &pb,
-        "10.251.0.2",
-        &pair.under_b,
-        "10.251.0.1",
-    );
-    configure(
-        &pair.b.name,
-        &ib,
-        &kb,
-        &pa,
-        "10.251.0.1",
-        &pair.under_a,
-        "10.251.0.2",
-    );
-    ping(&pair.a.name, "10.251.0.2", &[]);
+    configure(&pair.a.name, &ia, &ka, &pb, ip_b, &pair.under_b, ip_a);
+    configure(&pair.b.name, &ib, &kb, &pa, ip_a, &pair.under_a, ip_b);
+    ping(&pair.a.name, ip_b, &[]);
 
     const BYTES: u64 = 48 << 20;
     let (tx, rx) = std::sync::mpsc::channel();
     let server = in_netns(&pair.b.name, move || {
-        let listener = TcpListener::bind("10.251.0.2:0").expect("bind");
+        let listener = TcpListener::bind((ip_b, 0)).expect("bind");
         tx.send(listener.local_addr().expect("test setup").port())
             .expect("test setup");
         let (mut conn, _) = listener.accept().expect("accept");
@@ -535,7 +524,7 @@ fn tcp_bulk(extra: &[&str]) {
     });
     let port = rx.recv_timeout(DEADLINE).expect("server port");
     let client = in_netns(&pair.a.name, move || {
-        let mut conn = TcpStream::connect(("10.251.0.2", port)).expect("connect");
+        let mut conn = TcpStream::connect((ip_b, port)).expect("connect");
         conn.set_write_timeout(Some(Duration::from_secs(20)))
             .expect("test setup");
         let mut buf = vec![0u8; 1 << 16];
@@ -554,14 +543,18 @@ fn tcp_bulk(extra: &[&str]) {
 }
 #[test]
 fn tcp_bulk_transfer_with_tun_offloads() {
-    tcp_bulk(&[]);
+    tcp_bulk(&[], false);
+}
+
+#[test]
+fn tcp_bulk_transfer_ipv6_with_tun_offloads() {
+    tcp_bulk(&[], true);
 }
 
 #[test]
 fn tcp_bulk_transfer_without_tun_offloads() {
-    tcp_bulk(&["--tun-offload=false"]);
+    tcp_bulk(&["--tun-offload=false"], false);
 }
-
 #[test]
 fn attaches_to_an_existing_tun_and_refuses_a_second_instance() {
     require(TOOLS);

@@ -277,7 +277,12 @@ pub fn genkey(dir: &Path, name: &str) -> (PathBuf, String) {
     )
 }
 
-/// Configures one side with `wg set` and puts `tunnel_ip`/32 on the interface with a
+/// 32 for an IPv4 address, 128 for IPv6.
+pub fn host_prefix(ip: &str) -> u8 {
+    if ip.contains(':') { 128 } else { 32 }
+}
+
+/// Configures one side with `wg set` and puts `tunnel_ip`/32 (/128) on the interface with a
 /// route to the peer's tunnel IP. The datapath never does addresses or routes itself.
 #[allow(clippy::too_many_arguments)]
 pub fn configure(
@@ -302,7 +307,7 @@ pub fn configure(
             "peer",
             peer_public,
             "allowed-ips",
-            &format!("{peer_tunnel_ip}/32"),
+            &format!("{peer_tunnel_ip}/{}", host_prefix(peer_tunnel_ip)),
             "endpoint",
             &format!("{peer_endpoint}:{PORT}"),
         ],
@@ -313,9 +318,10 @@ pub fn configure(
             "ip",
             "addr",
             "add",
-            &format!("{tunnel_ip}/32"),
+            &format!("{tunnel_ip}/{}", host_prefix(tunnel_ip)),
             "dev",
             iface,
+            "nodad",
         ],
     );
     ns_run(ns, &["ip", "link", "set", iface, "mtu", "1420", "up"]);
@@ -325,7 +331,7 @@ pub fn configure(
             "ip",
             "route",
             "add",
-            &format!("{peer_tunnel_ip}/32"),
+            &format!("{peer_tunnel_ip}/{}", host_prefix(peer_tunnel_ip)),
             "dev",
             iface,
         ],
