@@ -13,7 +13,7 @@ use std::io;
 use thiserror::Error;
 
 pub use format::format_get;
-pub use parse::{MAX_LINE, MAX_REQUEST, PeerChange, Request, SetRequest, parse_request};
+pub use parse::{MAX_LINE, MAX_LINES, MAX_REQUEST, PeerChange, Request, SetRequest, parse_request};
 pub use serve::{UapiServer, handle_connection, socket_path};
 
 /// Why a UAPI request failed. Messages never contain key material.

@@ -19,6 +19,10 @@ pub const MAX_LINE: usize = 4096;
 /// for thousands of peers in one `wg setconf`.
 pub const MAX_REQUEST: usize = 64 * 1024 * 1024;
 
+/// Most lines in one request: ~10 per peer leaves room for 100,000 peers, while a
+/// flood of one-byte lines cannot cost more than a few tens of MiB of bookkeeping.
+pub const MAX_LINES: usize = 1_000_000;
+
 /// One UAPI operation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {

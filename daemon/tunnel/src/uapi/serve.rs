@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use super::{MAX_LINE, MAX_REQUEST, Request, UapiError, format_get, parse_request};
+use super::{MAX_LINE, MAX_LINES, MAX_REQUEST, Request, UapiError, format_get, parse_request};
+use zeroize::Zeroize as _;
+
 use crate::device::Device;
 
 /// A client that stops talking mid-request must not hold the (single) UAPI thread.
@@ -144,7 +146,7 @@ pub fn handle_connection(
                 Ok(Some(())) if line.is_empty() => break None,
                 Ok(Some(())) => {
                     total += line.len() + 1;
-                    if total > MAX_REQUEST {
+                    if total > MAX_REQUEST || lines.len() >= MAX_LINES {
                         break Some(UapiError::Invalid("request too large".into()));
                     }
                     match String::from_utf8(std::mem::take(&mut line)) {
@@ -156,13 +158,19 @@ pub fn handle_connection(
             }
         };
         if let Some(err) = framing {
+            lines.zeroize();
+            line.zeroize();
             tracing::warn!(error = %err, "uapi: bad request");
             write!(writer, "errno={}\n\n", err.errno())?;
             writer.flush()?;
             return Ok(());
         }
-        let answer = respond(device, &lines);
-        writer.write_all(answer.as_bytes())?;
+        let mut answer = respond(device, &lines);
+        // Requests and `get` answers can carry the private key: wipe them.
+        lines.zeroize();
+        let written = writer.write_all(answer.as_bytes());
+        answer.zeroize();
+        written?;
         writer.flush()?;
     }
 }
