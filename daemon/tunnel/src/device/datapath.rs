@@ -1,0 +1,204 @@
+//! The per-packet protocol work, free of I/O: the I/O threads hand in buffers and a
+//! [`Sink`], which makes the whole path testable with two devices wired in memory.
+
+use std::net::{IpAddr, SocketAddr};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+
+use super::{Peer, State, bump};
+use crate::key::Key;
+
+/// Largest datagram or IP packet handled; buffers are this large so nothing is cut.
+pub const MAX_DATAGRAM: usize = 65_535 + 64;
+
+/// Where processed packets go.
+pub trait Sink {
+    /// A decrypted IP packet for the TUN device.
+    fn to_tunnel(&mut self, packet: &[u8]);
+    /// A datagram for the UDP socket.
+    fn to_network(&mut self, datagram: &[u8], dst: SocketAddr);
+}
+
+/// The v4-mapped form a dual-stack socket reports, back to plain IPv4, so endpoints
+/// print and compare as users wrote them.
+#[must_use]
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+impl State {
+    /// Encrypts one IP packet read from the TUN device into `out`. Returns the length
+    /// and destination of the datagram to send, or None when the packet is dropped
+    /// (no peer for its destination, no endpoint, no key) or queued behind a
+    /// handshake already in flight.
+    pub fn encapsulate(&self, packet: &[u8], out: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        let Some(peer) = Tunn::dst_address(packet)
+            .and_then(|dst| self.allowed.lookup(dst))
+            .and_then(|idx| self.by_index.get(idx))
+        else {
+            bump(&self.counters.no_route_drops);
+            return None;
+        };
+        let mut inner = peer.lock();
+        let endpoint = inner.endpoint?;
+        let tunn = inner.tunn.as_mut()?;
+        match tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(datagram) => {
+                peer.add_tx(datagram.len());
+                Some((datagram.len(), endpoint))
+            }
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.public_key.fingerprint(), error = ?e, "encapsulate failed");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Finds the peer a datagram belongs to, before any session state is touched.
+    fn peer_for(&self, packet: &Packet<'_>) -> Option<&std::sync::Arc<Peer>> {
+        let index = match packet {
+            Packet::HandshakeInit(init) => {
+                // Only an initiation names its sender, inside the encrypted static key.
+                let (private, public) = self.private.as_ref()?;
+                let half = parse_handshake_anon(private, public, init).ok()?;
+                return self.peers.get(&Key(half.peer_static_public));
+            }
+            Packet::HandshakeResponse(p) => p.receiver_idx,
+            Packet::PacketCookieReply(p) => p.receiver_idx,
+            Packet::PacketData(p) => p.receiver_idx,
+        };
+        self.by_index.get(&(index >> 8))
+    }
+
+    /// Processes one datagram from `src`: handshakes, cookies, keepalives and data.
+    /// `scratch` must be [`MAX_DATAGRAM`] long.
+    pub fn decapsulate(
+        &self,
+        src: SocketAddr,
+        datagram: &[u8],
+        scratch: &mut [u8],
+        sink: &mut impl Sink,
+    ) {
+        let src = canonical_addr(src);
+        let Some(rate_limiter) = &self.rate_limiter else {
+            return; // No private key: nothing can be authenticated.
+        };
+        // MAC1 and the under-load cookie check come before any Diffie-Hellman, so a
+        // flood of initiations costs a hash each, not a scalar multiplication.
+        let packet = match rate_limiter.verify_packet(Some(src.ip()), datagram, scratch) {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                sink.to_network(cookie, src);
+                return;
+            }
+            Err(_) => {
+                bump(&self.counters.invalid_datagrams);
+                return;
+            }
+        };
+        let roams = !matches!(packet, Packet::PacketCookieReply(_));
+        let Some(peer) = self.peer_for(&packet) else {
+            bump(&self.counters.invalid_datagrams);
+            return;
+        };
+        let mut inner = peer.lock();
+        let Some(tunn) = inner.tunn.as_mut() else {
+            return;
+        };
+        let result = tunn.decapsulate(Some(src.ip()), datagram, scratch);
+        let authenticated = !matches!(result, TunnResult::Err(_));
+        let mut flush = false;
+        match result {
+            TunnResult::Done => {}
+            TunnResult::Err(e) => {
+                bump(&self.counters.invalid_datagrams);
+                if !matches!(e, WireGuardError::DuplicateCounter) {
+                    tracing::debug!(peer = %peer.public_key.fingerprint(), error = ?e, "datagram rejected");
+                }
+            }
+            TunnResult::WriteToNetwork(reply) => {
+                peer.add_tx(reply.len());
+                sink.to_network(reply, src);
+                flush = true;
+            }
+            TunnResult::WriteToTunnelV4(inner_packet, inner_src) => {
+                self.deliver(peer, IpAddr::V4(inner_src), inner_packet, sink);
+            }
+            TunnResult::WriteToTunnelV6(inner_packet, inner_src) => {
+                self.deliver(peer, IpAddr::V6(inner_src), inner_packet, sink);
+            }
+        }
+        if !authenticated {
+            return;
+        }
+        peer.add_rx(datagram.len());
+        if roams && inner.endpoint != Some(src) {
+            // Roaming: the peer proved its identity from this address, so answer there.
+            tracing::debug!(peer = %peer.public_key.fingerprint(), endpoint = %src, "endpoint updated");
+            inner.endpoint = Some(src);
+            bump(&self.counters.roams);
+        }
+        if flush {
+            // A completed handshake releases the packets boringtun queued behind it.
+            while let Some(tunn) = inner.tunn.as_mut() {
+                match tunn.decapsulate(None, &[], scratch) {
+                    TunnResult::WriteToNetwork(queued) => {
+                        peer.add_tx(queued.len());
+                        sink.to_network(queued, src);
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Cryptokey routing on receive: the inner source must be one of the sender's
+    /// allowed IPs, or anyone holding a peer's key could spoof any address.
+    fn deliver(&self, peer: &Peer, inner_src: IpAddr, packet: &[u8], sink: &mut impl Sink) {
+        if self.allowed.lookup(inner_src) == Some(&peer.index) {
+            sink.to_tunnel(packet);
+        } else {
+            bump(&self.counters.source_check_drops);
+            tracing::trace!(peer = %peer.public_key.fingerprint(), source = %inner_src, "source not allowed for peer, dropped");
+        }
+    }
+
+    /// Runs boringtun's timers for every peer: handshake retries, rekeying, keepalives,
+    /// session expiry. Called every [`TIMER_TICK`](crate::TIMER_TICK).
+    pub fn tick_timers(&self, scratch: &mut [u8], sink: &mut impl Sink) {
+        if let Some(rl) = &self.rate_limiter {
+            // The shared limiter's counter is reset here, not by each peer's Tunn.
+            rl.reset_count();
+        }
+        for peer in self.peers.values() {
+            let mut inner = peer.lock();
+            let endpoint = inner.endpoint;
+            let Some(tunn) = inner.tunn.as_mut() else {
+                continue;
+            };
+            match tunn.update_timers(scratch) {
+                TunnResult::WriteToNetwork(datagram) => {
+                    if let Some(endpoint) = endpoint {
+                        peer.add_tx(datagram.len());
+                        sink.to_network(datagram, endpoint);
+                    }
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) | TunnResult::Done => {}
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = %peer.public_key.fingerprint(), error = ?e, "timer error");
+                }
+                _ => {}
+            }
+            inner.refresh_handshake_time();
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Merging rules and the headers of a merged super-segment.
+
+use super::*;
+
+fn seg(seq: u32, payload: usize, flags: u8, sport: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + 32];
+    p[0] = 0x45;
+    p[6] = 0x40; // DF
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+    p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+    p[24..28].copy_from_slice(&seq.to_be_bytes());
+    p[28..32].copy_from_slice(&77u32.to_be_bytes());
+    p[32] = 8 << 4; // 12 bytes of options (timestamps)
+    p[33] = flags;
+    p[34..36].copy_from_slice(&512u16.to_be_bytes());
+    p[40..52].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 3]);
+    p.extend((0..payload).map(|i| (seq as usize + i) as u8));
+    let total = u16::try_from(p.len()).unwrap();
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p
+}
+
+fn written(batch: &mut GroBatch) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    batch.flush(|b| out.push(b.to_vec()));
+    out
+}
+
+#[test]
+fn consecutive_segments_merge_into_one_gso_packet() {
+    let mut b = GroBatch::default();
+    for i in 0..3u32 {
+        assert!(b.push(&seg(1000 + i * 100, 100, 0x10, 1)));
+    }
+    assert!(b.push(&seg(1300, 40, 0x18, 1))); // shorter, with PSH: ends the merge
+    let out = written(&mut b);
+    assert_eq!(out.len(), 1);
+    let (hdr, p) = out[0].split_at(VNET_HDR_LEN);
+    assert_eq!(hdr[0], F_NEEDS_CSUM);
+    assert_eq!(hdr[1], GSO_TCPV4);
+    assert_eq!(u16::from_ne_bytes([hdr[2], hdr[3]]), 52, "hdr_len");
+    assert_eq!(u16::from_ne_bytes([hdr[4], hdr[5]]), 100, "gso_size");
+    assert_eq!(u16::from_ne_bytes([hdr[6], hdr[7]]), 20, "csum_start");
+    assert_eq!(u16::from_ne_bytes([hdr[8], hdr[9]]), 16, "csum_offset");
+    assert_eq!(p.len(), 52 + 340);
+    assert_eq!(usize::from(u16::from_be_bytes([p[2], p[3]])), p.len());
+    assert_eq!(fold(sum(&p[..20], 0)), 0xffff, "IPv4 header checksum");
+    assert_eq!(p[33] & 0x08, 0x08, "PSH carried over");
+    let payload: Vec<u8> = (0..340).map(|i| (1000 + i) as u8).collect();
+    assert_eq!(&p[52..], &payload[..]);
+    let pseudo = fold(sum(&p[12..20], 6 + (p.len() - 20) as u64));
+    assert_eq!(
+        u16::from_be_bytes([p[36], p[37]]),
+        pseudo,
+        "partial checksum"
+    );
+}
+
+#[test]
+fn gaps_other_flows_and_control_packets_do_not_merge() {
+    let mut b = GroBatch::default();
+    b.push(&seg(0, 100, 0x10, 1));
+    b.push(&seg(0, 100, 0x10, 2)); // another flow
+    b.push(&seg(100, 100, 0x10, 1)); // merges with the first
+    b.push(&seg(300, 100, 0x10, 2)); // gap in flow 2: separate, and closes flow 2
+    b.push(&seg(200, 0, 0x11, 1)); // FIN: never merged, closes flow 1
+    b.push(&seg(200, 100, 0x10, 1)); // must not jump ahead of the FIN
+    let out = written(&mut b);
+    let sizes: Vec<usize> = out.iter().map(|o| o.len() - VNET_HDR_LEN).collect();
+    assert_eq!(sizes, vec![252, 152, 152, 52, 152]);
+    // Unmerged packets go out unchanged behind an all-zero header.
+    assert_eq!(out[1][..VNET_HDR_LEN], [0; VNET_HDR_LEN]);
+    assert_eq!(&out[1][VNET_HDR_LEN..], &seg(0, 100, 0x10, 2)[..]);
+}
+
+#[test]
+fn non_tcp_and_garbage_pass_through() {
+    let mut b = GroBatch::default();
+    let udp = {
+        let mut p = seg(0, 10, 0x10, 1);
+        p[9] = 17;
+        p
+    };
+    assert!(b.push(&udp));
+    assert!(b.push(&[0x60]));
+    assert!(b.push(&[]));
+    let out = written(&mut b);
+    assert_eq!(out.len(), 3);
+    assert_eq!(&out[0][VNET_HDR_LEN..], &udp[..]);
+}
+
+#[test]
+fn fills_up_and_asks_for_a_flush() {
+    let mut b = GroBatch::default();
+    for i in 0..GRO_SLOTS {
+        assert!(b.push(&seg(0, 10, 0x10, u16::try_from(i).unwrap())));
+    }
+    assert!(b.is_full());
+    assert!(!b.push(&seg(0, 10, 0x10, 9999)));
+    assert_eq!(written(&mut b).len(), GRO_SLOTS);
+}
