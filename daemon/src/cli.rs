@@ -39,6 +39,25 @@ pub enum Command {
     Keys(KeysArgs),
     /// Show this node's peers and encryption coverage, from the running agent.
     Status(StatusArgs),
+    /// Remove wireseal's rules, routes and datapath from this node (the CNI's
+    /// plain routes take over again). Stop the agent first.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Tunnel interface name.
+    #[arg(long, default_value = "wireseal0", env = "WIRESEAL_INTERFACE")]
+    pub interface: String,
+    /// wireseal's routing table.
+    #[arg(long, default_value_t = 51830, env = "WIRESEAL_ROUTE_TABLE")]
+    pub route_table: u32,
+    /// Priority of wireseal's policy rule.
+    #[arg(long, default_value_t = 90, env = "WIRESEAL_RULE_PRIORITY")]
+    pub rule_priority: u32,
+    /// Directory of the userspace datapath's UAPI socket.
+    #[arg(long, default_value = "/var/run/wireguard", env = "WIRESEAL_UAPI_DIR")]
+    pub uapi_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod agent;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod datapath;

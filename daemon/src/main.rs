@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use wireseal::cli::{Cli, Command, LogFormat};
 use wireseal::config::Config;
-use wireseal::{agent, keys, status_cmd};
+use wireseal::{agent, cleanup, keys, status_cmd};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,6 +26,11 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Keys(args) => keys::run(&args),
         Command::Status(args) => status_cmd::run(&args),
+        Command::Cleanup(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(cleanup::run(&args)),
         Command::Agent(args) => {
             let config = Config::from_args(&args, std::env::var("NODE_NAME").ok())?;
             tracing::info!(node = %config.node_name, interface = %config.interface, "starting");

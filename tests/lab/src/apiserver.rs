@@ -37,7 +37,11 @@ impl ApiServer {
                     let _ = ready_tx.send(Err(anyhow!(err)));
                     return;
                 }
-                let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                {
                     Ok(runtime) => runtime,
                     Err(err) => {
                         let _ = ready_tx.send(Err(anyhow!(err)));
@@ -49,7 +53,9 @@ impl ApiServer {
                         listen: addr,
                         ..Config::default()
                     };
-                    let started = FakeApiServer::start_with(config).await.map_err(|e| anyhow!(e));
+                    let started = FakeApiServer::start_with(config)
+                        .await
+                        .map_err(|e| anyhow!(e));
                     let ok = started.is_ok();
                     let _ = ready_tx.send(started);
                     if ok {
@@ -74,9 +80,14 @@ impl ApiServer {
     /// # Panics
     /// Never: the handle is only taken on drop.
     #[must_use]
-    #[allow(clippy::expect_used, reason = "the handle exists from start until drop")]
+    #[allow(
+        clippy::expect_used,
+        reason = "the handle exists from start until drop"
+    )]
     pub fn handle(&self) -> &Handle {
-        self.handle.as_ref().expect("apiserver handle present until drop")
+        self.handle
+            .as_ref()
+            .expect("apiserver handle present until drop")
     }
 }
 

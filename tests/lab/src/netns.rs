@@ -104,7 +104,9 @@ impl Netns {
     /// When `ip netns add` fails (not root, name taken).
     pub fn create(name: &str) -> Result<Self, CmdError> {
         ip(&["netns", "add", name])?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -133,7 +135,9 @@ impl Netns {
         let mut all = vec!["netns", "exec", self.name.as_str(), program];
         all.extend_from_slice(args);
         run("ip", &all).map_err(|err| match err {
-            CmdError::Failed { stderr, status, .. } if stderr.contains("No such file or directory") => {
+            CmdError::Failed { stderr, status, .. }
+                if stderr.contains("No such file or directory") =>
+            {
                 CmdError::Failed {
                     command: format!("{program} {} (in {})", args.join(" "), self.name),
                     status,
@@ -157,13 +161,15 @@ impl Netns {
     /// # Errors
     /// As [`run`].
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), CmdError> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// A closure that moves the calling thread into this namespace, to be run
     /// on a thread created for the purpose.
-    #[must_use]
-    pub fn enter_current_thread_fn(&self) -> impl FnOnce() -> Result<(), CmdError> + Send + 'static {
+    pub fn enter_current_thread_fn(
+        &self,
+    ) -> impl FnOnce() -> Result<(), CmdError> + Send + 'static {
         let name = self.name.clone();
         move || enter(&name)
     }
@@ -193,7 +199,8 @@ fn enter(name: &str) -> Result<(), CmdError> {
         source,
     };
     let file = File::open(PathBuf::from(NETNS_DIR).join(name)).map_err(fail)?;
-    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| fail(std::io::Error::from(errno)))
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|errno| fail(std::io::Error::from(errno)))
 }
 
 /// Names of existing namespaces starting with `prefix`.

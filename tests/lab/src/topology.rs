@@ -41,7 +41,12 @@ pub fn pod_gateway(i: usize) -> Ipv4Addr {
 /// Address of pod `j` on node `i`.
 #[must_use]
 pub fn pod_ip(i: usize, j: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, u8::try_from(i).unwrap_or(u8::MAX), u8::try_from(10 + j).unwrap_or(u8::MAX))
+    Ipv4Addr::new(
+        10,
+        244,
+        u8::try_from(i).unwrap_or(u8::MAX),
+        u8::try_from(10 + j).unwrap_or(u8::MAX),
+    )
 }
 
 /// One pod: a namespace behind a veth on its node.
@@ -84,7 +89,13 @@ pub struct Network {
 pub fn build(prefix: &str, nodes: usize, pods: usize) -> Result<Network, CmdError> {
     let underlay = Netns::create(&format!("{prefix}-ul"))?;
     underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
-    underlay.ip(&["addr", "add", &format!("{APISERVER_IP}/{UNDERLAY_PREFIX}"), "dev", "br0"])?;
+    underlay.ip(&[
+        "addr",
+        "add",
+        &format!("{APISERVER_IP}/{UNDERLAY_PREFIX}"),
+        "dev",
+        "br0",
+    ])?;
     underlay.ip(&["link", "set", "br0", "up"])?;
     let mut network = Network {
         nodes: Vec::with_capacity(nodes),
@@ -102,9 +113,26 @@ fn build_node(prefix: &str, underlay: &Netns, i: usize, pods: usize) -> Result<L
     let ns = Netns::create(&format!("{prefix}-n{i}"))?;
     let ip = node_ip(i);
     let port = format!("n{i}");
-    underlay.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+    underlay.ip(&[
+        "link",
+        "add",
+        &port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
     underlay.ip(&["link", "set", &port, "master", "br0", "up"])?;
-    ns.ip(&["addr", "add", &format!("{ip}/{UNDERLAY_PREFIX}"), "dev", "eth0"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{ip}/{UNDERLAY_PREFIX}"),
+        "dev",
+        "eth0",
+    ])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     ns.sysctl("net.ipv4.ip_forward", "1")?;
     // Loose reverse-path filtering: decrypted packets arrive on the tunnel
@@ -131,15 +159,35 @@ fn build_pod(prefix: &str, node: &LabNode, j: usize) -> Result<Pod, CmdError> {
     let ip = pod_ip(i, j);
     let gateway = pod_gateway(i);
     let host_side = format!("p{j}");
+    node.ns.ip(&[
+        "link",
+        "add",
+        &host_side,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
     node.ns
-        .ip(&["link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
-    node.ns.ip(&["addr", "add", &format!("{gateway}/32"), "dev", &host_side])?;
+        .ip(&["addr", "add", &format!("{gateway}/32"), "dev", &host_side])?;
     node.ns.ip(&["link", "set", &host_side, "up"])?;
-    node.ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_side])?;
+    node.ns
+        .ip(&["route", "add", &format!("{ip}/32"), "dev", &host_side])?;
     ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     ns.ip(&["route", "add", &gateway.to_string(), "dev", "eth0"])?;
-    ns.ip(&["route", "add", "default", "via", &gateway.to_string(), "dev", "eth0"])?;
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &gateway.to_string(),
+        "dev",
+        "eth0",
+    ])?;
     Ok(Pod { ns, ip })
 }
 

@@ -1,0 +1,99 @@
+//! `wireseal cleanup`: removes what wireseal put on this node — its policy
+//! rules first (so traffic falls back to the CNI's routes at once), then its
+//! routes, then the datapath (the userspace process, or the kernel link).
+//! The private key stays: a reinstall keeps the node's identity.
+#![allow(
+    clippy::print_stdout,
+    reason = "reporting what was removed is this command's output"
+)]
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::unistd::Pid;
+use wireseal_netlink::Netlink;
+
+use crate::cli::CleanupArgs;
+
+/// Runs the cleanup.
+///
+/// # Errors
+/// When netlink cannot be opened or a removal fails.
+pub async fn run(args: &CleanupArgs) -> Result<()> {
+    let netlink = Netlink::connect().context("opening rtnetlink")?;
+    let rules = netlink
+        .rules(args.rule_priority, args.route_table)
+        .await
+        .context("reading wireseal's rules")?;
+    for rule in &rules.ours {
+        netlink
+            .delete_rule(rule)
+            .await
+            .with_context(|| format!("removing rule {rule:?}"))?;
+        println!(
+            "removed rule: not fwmark {:#x} lookup {} priority {} ({})",
+            rule.fwmark, rule.table, rule.priority, rule.family
+        );
+    }
+    let routes = netlink
+        .routes(args.route_table)
+        .await
+        .context("reading wireseal's routes")?;
+    for dst in routes.keys() {
+        netlink
+            .delete_route(*dst, args.route_table)
+            .await
+            .with_context(|| format!("removing route {dst}"))?;
+    }
+    if !routes.is_empty() {
+        println!(
+            "removed {} route(s) from table {}",
+            routes.len(),
+            args.route_table
+        );
+    }
+    let socket = args.uapi_dir.join(format!("{}.sock", args.interface));
+    if let Some(pid) = stop_userspace(&socket)? {
+        println!("stopped the userspace datapath (pid {pid})");
+    }
+    if netlink
+        .link(&args.interface)
+        .await
+        .context("reading the tunnel link")?
+        .is_some()
+    {
+        netlink
+            .delete_link(&args.interface)
+            .await
+            .with_context(|| format!("removing link {}", args.interface))?;
+        println!("removed link {}", args.interface);
+    }
+    println!("wireseal is off this node; the CNI's own routes carry pod traffic again");
+    Ok(())
+}
+
+/// Asks the process behind the UAPI socket to stop: its pid comes from the
+/// socket's peer credentials, so no pid file can be stale.
+fn stop_userspace(socket: &Path) -> Result<Option<i32>> {
+    let Ok(stream) = UnixStream::connect(socket) else {
+        return Ok(None);
+    };
+    let credentials = getsockopt(&stream, PeerCredentials)
+        .with_context(|| format!("reading the peer of {}", socket.display()))?;
+    drop(stream);
+    let pid = credentials.pid();
+    kill(Pid::from_raw(pid), Signal::SIGTERM).with_context(|| format!("stopping pid {pid}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if socket.exists() {
+        kill(Pid::from_raw(pid), Signal::SIGKILL).with_context(|| format!("killing pid {pid}"))?;
+        let _ = std::fs::remove_file(socket);
+    }
+    Ok(Some(pid))
+}

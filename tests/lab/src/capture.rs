@@ -1,0 +1,429 @@
+//! The proof of encryption: a packet capture on the underlay bridge, read back
+//! and classified packet by packet.
+//!
+//! Passing means: every IP packet between nodes is UDP to or from the WireGuard
+//! port carrying a WireGuard message (types 1–4 with three zero reserved bytes),
+//! data messages were seen, and the plaintext canary the pods sent appears in no
+//! packet. Traffic to the apiserver is the control plane, counted apart.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Netns;
+
+/// The 16-byte pattern pods put in their ping payloads (`ping -p`).
+pub const CANARY: &[u8; 16] = b"WIRESEAL-CANARY!";
+
+/// The canary as the hex string `ping -p` takes.
+#[must_use]
+pub fn canary_hex() -> String {
+    CANARY.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A running tcpdump on one interface of a namespace.
+#[derive(Debug)]
+pub struct Capture {
+    child: Option<Child>,
+    file: PathBuf,
+    log: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing every frame on `interface` in `ns` into `file` (`any`
+    /// for every interface: a bridge device itself does not see the frames it
+    /// forwards between its ports), and
+    /// waits until tcpdump is listening.
+    ///
+    /// # Errors
+    /// When tcpdump is missing or does not start listening within 10 s.
+    pub fn start(ns: &Netns, interface: &str, file: &Path) -> Result<Self> {
+        let log = file.with_extension("log");
+        let stderr =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = ns
+            .command("tcpdump")
+            // Immediate mode: packets reach the file as they arrive, not when a
+            // ring block fills, so stopping right after the traffic loses nothing.
+            .args(["-i", interface, "-s", "0", "-U", "-nn", "--immediate-mode", "-Z", "root", "-w"])
+            .arg(file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting tcpdump (apt-get install tcpdump)")?;
+        let mut capture = Self {
+            child: Some(child),
+            file: file.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&capture.log).unwrap_or_default();
+            if text.contains("listening on") {
+                return Ok(capture);
+            }
+            if let Some(child) = capture.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!("tcpdump exited ({status}): {}", text.trim());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "tcpdump did not start listening within 10 s: {}",
+                    text.trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops tcpdump (flushing its file) and analyses what it captured.
+    ///
+    /// # Errors
+    /// When the capture file cannot be read or parsed.
+    pub fn finish(mut self, apiserver: Ipv4Addr, wireguard_port: u16) -> Result<CaptureReport> {
+        self.stop();
+        let bytes = std::fs::read(&self.file)
+            .with_context(|| format!("reading {}", self.file.display()))?;
+        analyse(&bytes, apiserver, wireguard_port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What crossed the underlay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureReport {
+    /// Frames captured.
+    pub frames: usize,
+    /// WireGuard messages by type: initiation, response, cookie reply, data.
+    pub wireguard: [usize; 4],
+    /// Packets to or from the apiserver (control plane).
+    pub control_plane: usize,
+    /// ARP and other non-IP frames.
+    pub non_ip: usize,
+    /// Node-to-node IP packets that are not WireGuard, described.
+    pub plaintext: Vec<String>,
+    /// Number of plaintext packets (the list keeps the first 20).
+    pub plaintext_count: usize,
+    /// Frames containing the canary.
+    pub canary_frames: usize,
+}
+
+impl CaptureReport {
+    /// True when everything between nodes was WireGuard, data was carried and
+    /// the canary never crossed in clear.
+    #[must_use]
+    pub fn encrypted(&self) -> bool {
+        self.plaintext_count == 0 && self.canary_frames == 0 && self.wireguard[3] > 0
+    }
+}
+
+impl fmt::Display for CaptureReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} frames: WireGuard {} (init {}, response {}, cookie {}, data {}), plaintext node-to-node {}, \
+             canary seen in {}, control plane {}, non-IP {}",
+            self.frames,
+            self.wireguard.iter().sum::<usize>(),
+            self.wireguard[0],
+            self.wireguard[1],
+            self.wireguard[2],
+            self.wireguard[3],
+            self.plaintext_count,
+            self.canary_frames,
+            self.control_plane,
+            self.non_ip
+        )
+    }
+}
+
+/// Classifies every frame of a pcap file (Ethernet or Linux cooked capture).
+///
+/// # Errors
+/// When the bytes are not a pcap file of Ethernet frames.
+pub fn analyse(pcap: &[u8], apiserver: Ipv4Addr, wireguard_port: u16) -> Result<CaptureReport> {
+    let mut report = CaptureReport::default();
+    let (link, frames) = frames(pcap)?;
+    for frame in frames {
+        report.frames += 1;
+        if contains(frame, CANARY) {
+            report.canary_frames += 1;
+        }
+        classify(frame, link, apiserver, wireguard_port, &mut report);
+    }
+    Ok(report)
+}
+
+/// Where the protocol field and the network header are in a frame of each link type.
+#[derive(Debug, Clone, Copy)]
+enum LinkType {
+    /// Ethernet: type at 12, header 14 bytes.
+    Ethernet,
+    /// Linux cooked capture v1 (`-i any`, older tcpdump): type at 14, header 16.
+    Sll,
+    /// Linux cooked capture v2 (`-i any`): type at 0, header 20.
+    Sll2,
+}
+
+impl LinkType {
+    fn from_pcap(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Ethernet),
+            113 => Some(Self::Sll),
+            276 => Some(Self::Sll2),
+            _ => None,
+        }
+    }
+
+    /// (offset of the EtherType, length of the link header).
+    fn layout(self) -> (usize, usize) {
+        match self {
+            Self::Ethernet => (12, 14),
+            Self::Sll => (14, 16),
+            Self::Sll2 => (0, 20),
+        }
+    }
+}
+
+fn classify(
+    frame: &[u8],
+    link: LinkType,
+    apiserver: Ipv4Addr,
+    port: u16,
+    report: &mut CaptureReport,
+) {
+    const ETHERTYPE_IPV4: u16 = 0x0800;
+    const ETHERTYPE_IPV6: u16 = 0x86dd;
+    let (type_at, header) = link.layout();
+    let (Some(ethertype), Some(ip)) = (
+        frame
+            .get(type_at..type_at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]])),
+        frame.get(header..),
+    ) else {
+        report.non_ip += 1;
+        return;
+    };
+    let describe = |what: String, report: &mut CaptureReport| {
+        report.plaintext_count += 1;
+        if report.plaintext.len() < 20 {
+            report.plaintext.push(what);
+        }
+    };
+    match ethertype {
+        ETHERTYPE_IPV4 if ip.len() >= 20 => {
+            let header_len = usize::from(ip[0] & 0x0f) * 4;
+            let protocol = ip[9];
+            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            if src == apiserver || dst == apiserver {
+                report.control_plane += 1;
+                return;
+            }
+            let payload = ip.get(header_len..).unwrap_or_default();
+            if protocol == 17 && payload.len() >= 12 {
+                let sport = u16::from_be_bytes([payload[0], payload[1]]);
+                let dport = u16::from_be_bytes([payload[2], payload[3]]);
+                let message = &payload[8..];
+                if (sport == port || dport == port) && is_wireguard(message) {
+                    report.wireguard[usize::from(message[0] - 1)] += 1;
+                    return;
+                }
+                describe(format!("UDP {src}:{sport} -> {dst}:{dport}"), report);
+                return;
+            }
+            let name = match protocol {
+                1 => "ICMP",
+                6 => "TCP",
+                17 => "UDP",
+                _ => "IP",
+            };
+            describe(format!("{name} {src} -> {dst}"), report);
+        }
+        ETHERTYPE_IPV6 => describe("IPv6 packet".to_owned(), report),
+        _ => report.non_ip += 1,
+    }
+}
+
+/// A WireGuard message: type 1–4 followed by three zero bytes, with the
+/// length each type has (data messages: at least header + tag).
+fn is_wireguard(message: &[u8]) -> bool {
+    let Some((&kind, rest)) = message.split_first() else {
+        return false;
+    };
+    if rest.get(..3) != Some(&[0, 0, 0]) {
+        return false;
+    }
+    match kind {
+        1 => message.len() == 148,
+        2 => message.len() == 92,
+        3 => message.len() == 64,
+        4 => message.len() >= 32,
+        _ => false,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The link type and frames of a classic pcap file.
+fn frames(pcap: &[u8]) -> Result<(LinkType, Vec<&[u8]>)> {
+    let Some(magic) = pcap.get(..4) else {
+        bail!("capture file is empty (did tcpdump run?)");
+    };
+    let little = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => bail!("not a pcap file (magic {magic:02x?})"),
+    };
+    let read_u32 = |bytes: &[u8]| {
+        let array = [bytes[0], bytes[1], bytes[2], bytes[3]];
+        if little {
+            u32::from_le_bytes(array)
+        } else {
+            u32::from_be_bytes(array)
+        }
+    };
+    let link_value = read_u32(pcap.get(20..24).context("truncated pcap header")?);
+    let link = LinkType::from_pcap(link_value).with_context(|| {
+        format!("capture link type {link_value} is neither Ethernet nor Linux cooked")
+    })?;
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let captured = usize::try_from(read_u32(&pcap[at + 8..at + 12])).unwrap_or(usize::MAX);
+        let start = at + 16;
+        let Some(frame) = start
+            .checked_add(captured)
+            .and_then(|end| pcap.get(start..end))
+        else {
+            // tcpdump stopped mid-record; what came before is whole.
+            break;
+        };
+        out.push(frame);
+        at = start + captured;
+    }
+    Ok((link, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&65535u32.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        for frame in frames {
+            out.extend_from_slice(&[0; 8]);
+            let len = u32::try_from(frame.len()).unwrap();
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(frame);
+        }
+        out
+    }
+
+    fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&sport.to_be_bytes());
+        frame.extend_from_slice(&dport.to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    const API: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+    #[test]
+    fn wireguard_only_passes() {
+        let mut init = vec![1, 0, 0, 0];
+        init.resize(148, 7);
+        let mut data = vec![4, 0, 0, 0];
+        data.resize(100, 9);
+        let file = pcap(&[
+            udp_frame([198, 18, 0, 10], [198, 18, 0, 11], 51830, 51830, &init),
+            udp_frame([198, 18, 0, 11], [198, 18, 0, 10], 51830, 51830, &data),
+            udp_frame([198, 18, 0, 10], [198, 18, 0, 1], 40000, 6443, b"GET /api"),
+        ]);
+        let report = analyse(&file, API, 51830).unwrap();
+        assert_eq!(report.wireguard, [1, 0, 0, 1]);
+        assert_eq!(report.control_plane, 1);
+        assert!(report.encrypted(), "{report}");
+    }
+
+    #[test]
+    fn a_canary_or_plaintext_fails() {
+        let mut data = vec![4, 0, 0, 0];
+        data.resize(100, 9);
+        let mut leaky = b"xxxx".to_vec();
+        leaky.extend_from_slice(CANARY);
+        let file = pcap(&[
+            udp_frame([198, 18, 0, 10], [198, 18, 0, 11], 51830, 51830, &data),
+            udp_frame([10, 244, 0, 10], [10, 244, 1, 10], 5000, 5001, &leaky),
+        ]);
+        let report = analyse(&file, API, 51830).unwrap();
+        assert_eq!(report.canary_frames, 1);
+        assert_eq!(
+            report.plaintext,
+            vec!["UDP 10.244.0.10:5000 -> 10.244.1.10:5001".to_owned()]
+        );
+        assert!(!report.encrypted());
+        // A message on the WireGuard port with a wrong shape is not WireGuard.
+        let mut fake = vec![1, 0, 0, 0];
+        fake.resize(30, 0);
+        let file = pcap(&[udp_frame(
+            [198, 18, 0, 10],
+            [198, 18, 0, 11],
+            51830,
+            51830,
+            &fake,
+        )]);
+        assert_eq!(analyse(&file, API, 51830).unwrap().plaintext_count, 1);
+    }
+
+    #[test]
+    fn rejects_what_is_not_pcap() {
+        assert!(analyse(b"", API, 1).is_err());
+        assert!(analyse(b"hello world, not pcap at all", API, 1).is_err());
+        assert_eq!(canary_hex().len(), 32);
+    }
+}

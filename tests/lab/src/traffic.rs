@@ -1,0 +1,262 @@
+//! Traffic between pods: pings (optionally carrying the canary), all-pairs
+//! connectivity, a continuous pinger that counts losses, and iperf3.
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::capture::canary_hex;
+use crate::topology::Network;
+
+/// A pod, by (node index, pod index).
+pub type PodRef = (usize, usize);
+
+/// How many echo requests got answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingResult {
+    /// Requests sent.
+    pub sent: u32,
+    /// Replies received.
+    pub received: u32,
+}
+
+/// Pings `to` from `from` `count` times, `interval` apart, with the canary in
+/// the payload. Losses are reported, not errors.
+///
+/// # Errors
+/// When ping cannot run at all.
+pub fn ping(
+    network: &Network,
+    from: PodRef,
+    to: PodRef,
+    count: u32,
+    interval: Duration,
+) -> Result<PingResult> {
+    let src = &network.nodes[from.0].pods[from.1];
+    let dst = network.nodes[to.0].pods[to.1].ip;
+    let interval_arg = format!("{:.3}", interval.as_secs_f64().max(0.002));
+    // ping exits 1 when replies are missing; its summary is still printed, so
+    // the exit status is not what decides.
+    let output = src
+        .ns
+        .command("ping")
+        .args([
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            &interval_arg,
+            "-W",
+            "1",
+            "-p",
+            &canary_hex(),
+        ])
+        .arg(dst.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .context("running ping (apt-get install iputils-ping)")?
+        .stdout;
+    parse_ping(&String::from_utf8_lossy(&output))
+}
+
+fn parse_ping(text: &str) -> Result<PingResult> {
+    // "5 packets transmitted, 5 received, 0% packet loss, time 4005ms"
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .with_context(|| format!("no ping summary in {text:?}"))?;
+    let number = |word: &str| -> Option<u32> {
+        let before = line.split(word).next()?;
+        before
+            .trim_end_matches([' ', ','])
+            .rsplit([' ', ','])
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    match (number("packets transmitted"), number("received")) {
+        (Some(sent), Some(received)) => Ok(PingResult { sent, received }),
+        _ => bail!("cannot read ping summary {line:?}"),
+    }
+}
+
+/// Pings every pod on every other node once per pair; returns the pairs that failed.
+///
+/// # Errors
+/// When ping cannot run.
+pub fn all_pairs(network: &Network, count: u32) -> Result<Vec<(PodRef, PodRef)>> {
+    let mut failed = Vec::new();
+    for (i, node) in network.nodes.iter().enumerate() {
+        for j in 0..node.pods.len() {
+            for (k, other) in network.nodes.iter().enumerate().filter(|(k, _)| *k != i) {
+                for l in 0..other.pods.len() {
+                    let result = ping(network, (i, j), (k, l), count, Duration::from_millis(50))?;
+                    if result.received < result.sent {
+                        failed.push(((i, j), (k, l)));
+                    }
+                }
+            }
+        }
+    }
+    Ok(failed)
+}
+
+/// A ping running in the background; [`Pinger::finish`] stops it and reports.
+#[derive(Debug)]
+pub struct Pinger {
+    child: Option<Child>,
+}
+
+impl Pinger {
+    /// Starts pinging `to` from `from` every `interval`, carrying the canary.
+    ///
+    /// # Errors
+    /// When ping cannot start.
+    pub fn start(network: &Network, from: PodRef, to: PodRef, interval: Duration) -> Result<Self> {
+        let src = &network.nodes[from.0].pods[from.1];
+        let dst = network.nodes[to.0].pods[to.1].ip;
+        let child = src
+            .ns
+            .command("ping")
+            .args([
+                "-n",
+                "-q",
+                "-i",
+                &format!("{:.3}", interval.as_secs_f64()),
+                "-W",
+                "1",
+                "-p",
+                &canary_hex(),
+            ])
+            .arg(dst.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ping (apt-get install iputils-ping)")?;
+        Ok(Self { child: Some(child) })
+    }
+
+    /// Stops the ping (SIGINT, so it prints its summary) and returns the counts.
+    ///
+    /// # Errors
+    /// When the summary cannot be read.
+    pub fn finish(mut self) -> Result<PingResult> {
+        let child = self.child.take().context("pinger already finished")?;
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        let output = child.wait_with_output().context("waiting for ping")?;
+        parse_ping(&String::from_utf8_lossy(&output.stdout))
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// TCP throughput from `from` to `to` with iperf3, in Mbit/s (receiver side).
+///
+/// # Errors
+/// When iperf3 is missing or fails.
+pub fn iperf(network: &Network, from: PodRef, to: PodRef, seconds: u32) -> Result<f64> {
+    let server_pod = &network.nodes[to.0].pods[to.1];
+    let mut server = server_pod
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1", "-p", "5201"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 (apt-get install iperf3)")?;
+    // The server needs a moment to listen; the client retries its connect.
+    let client = &network.nodes[from.0].pods[from.1];
+    let mut result = Err(anyhow::anyhow!("iperf3 client never ran"));
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        match client.ns.exec(
+            "iperf3",
+            &[
+                "-c",
+                &server_pod.ip.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                &seconds.to_string(),
+                "-J",
+            ],
+        ) {
+            Ok(output) => {
+                result = parse_iperf(&output.stdout);
+                break;
+            }
+            Err(err) => result = Err(err.into()),
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn parse_iperf(json: &[u8]) -> Result<f64> {
+    let value: serde_json::Value =
+        serde_json::from_slice(json).context("iperf3 -J output is not JSON")?;
+    value["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e6)
+        .context("no end.sum_received.bits_per_second in iperf3 output")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ping_summaries() {
+        let ok = "--- 10.244.1.10 ping statistics ---\n5 packets transmitted, 5 received, 0% packet loss, time 4005ms\n";
+        assert_eq!(
+            parse_ping(ok).unwrap(),
+            PingResult {
+                sent: 5,
+                received: 5
+            }
+        );
+        let lossy =
+            "3 packets transmitted, 1 received, +2 errors, 66.6667% packet loss, time 2003ms";
+        assert_eq!(
+            parse_ping(lossy).unwrap(),
+            PingResult {
+                sent: 3,
+                received: 1
+            }
+        );
+        let none = "2 packets transmitted, 0 received, 100% packet loss, time 1001ms";
+        assert_eq!(
+            parse_ping(none).unwrap(),
+            PingResult {
+                sent: 2,
+                received: 0
+            }
+        );
+        assert!(parse_ping("ping: connect: Network is unreachable").is_err());
+    }
+
+    #[test]
+    fn reads_iperf_json() {
+        let json = br#"{"end":{"sum_received":{"bits_per_second":1.5e9}}}"#;
+        assert!((parse_iperf(json).unwrap() - 1500.0).abs() < 1e-6);
+        assert!(parse_iperf(b"{}").is_err());
+    }
+}
