@@ -295,3 +295,17 @@ fn outgoing_packets_go_to_the_peer_with_the_longest_prefix() {
     );
     assert_eq!(to([11, 0, 0, 1], &mut out), None);
 }
+
+#[test]
+fn first_packet_resends_a_lost_initial_handshake() {
+    // `pair()` configured A's peer with an endpoint, so A sent an initiation at once;
+    // nobody delivered it. A's first real packet must not wait for the 5 s retry.
+    let (a, _b) = pair();
+    let mut out = vec![0u8; MAX_DATAGRAM];
+    let ping = ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"x");
+    let (len, dst) = a.read().encapsulate(&ping, &mut out).unwrap();
+    assert_eq!((out[0], len), (1, 148), "a fresh handshake initiation");
+    assert_eq!(dst, B_ADDR.parse().unwrap());
+    // Only once: the next packet waits behind that handshake as usual.
+    assert!(a.read().encapsulate(&ping, &mut out).is_none());
+}

@@ -189,9 +189,18 @@ impl Network for Arc<UdpSlot> {
     fn bind(&self, port: u16, fwmark: u32) -> io::Result<u16> {
         let udp = Udp::bind(port, fwmark)?;
         let bound = udp.port();
-        // Threads blocked on the old socket see the new one after RECV_TIMEOUT; the
-        // old one closes when the last of them lets go.
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(udp));
+        // The old socket closes when the last thread using it lets go.
+        let old = self
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(Arc::new(udp));
+        if let Some(old) = old {
+            // Wake receive threads blocked on the old socket now instead of after
+            // their timeout: a shut-down socket returns from recvmmsg at once. (Linux
+            // reports ENOTCONN for an unconnected UDP socket but still does it.)
+            let _ = old.sock.shutdown(std::net::Shutdown::Read);
+        }
         Ok(bound)
     }
 
