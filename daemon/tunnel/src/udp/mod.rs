@@ -18,8 +18,9 @@ pub use batch::{RecvBatch, SEND_ENTRIES, SendBatch};
 /// of bursty TCP (see the research notes: RcvbufErrors → retransmits).
 const SOCKET_BUFFER: usize = 7 << 20;
 
-/// How long a receive thread blocks before it looks for a rebound socket.
-pub const RECV_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a receive thread blocks before it re-checks for a rebound socket (a rebind
+/// also wakes it at once by shutting the old socket down; this is the fallback).
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Packets per recvmmsg/sendmmsg call.
 pub const BATCH: usize = 64;
