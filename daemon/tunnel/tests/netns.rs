@@ -573,3 +573,26 @@ fn a_restarted_tunnel_is_back_after_one_reapply() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_stalled_uapi_client_does_not_block_wg_show() {
+    require(TOOLS);
+    let ns = Netns::new(format!("wstun-{}-s", unique()));
+    let iface = format!("wst{}s", unique());
+    let _d = start_wireseal(&ns.name, &iface);
+    // A client that sends half a request and then goes quiet.
+    let mut stalled = UnixStream::connect(uapi_socket(&iface)).expect("connect");
+    stalled.write_all(b"set=1\nlisten_port=").expect("write");
+    let start = std::time::Instant::now();
+    let out = ns_try(&ns.name, &["wg", "show", &iface]);
+    assert!(
+        out.status.success(),
+        "wg show failed beside a stalled client"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "wg show waited {:?} for the stalled client",
+        start.elapsed()
+    );
+    drop(stalled);
+}
