@@ -153,3 +153,19 @@ fn a_stalled_uapi_client_does_not_block_wg_show() {
     );
     drop(stalled);
 }
+
+#[test]
+fn deleting_the_interface_stops_the_datapath_with_an_error() {
+    require(TOOLS);
+    let ns = Netns::new(format!("wstun-{}-d", unique()));
+    let iface = format!("wst{}d", unique());
+    let mut d = start_wireseal(&ns.name, &iface);
+    ns_run(&ns.name, &["ip", "link", "del", &iface]);
+    let mut status = None;
+    wait_until("wireseal-tunnel to exit after its TUN was deleted", || {
+        status = d.child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    assert!(!status.expect("exited").success(), "must exit non-zero");
+    assert!(!uapi_socket(&iface).exists(), "socket file left behind");
+}
