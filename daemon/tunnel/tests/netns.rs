@@ -145,6 +145,18 @@ fn two_tunnels_ping_show_handshake_and_leak_nothing() {
         );
         assert!(rx > 0 && tx > 0, "{iface}: transfer rx={rx} tx={tx}");
     }
+    // `wg showconf` round-trips what `wg set` configured.
+    let conf = ns_run(&pair.a.name, &["wg", "showconf", &ia]);
+    let private = std::fs::read_to_string(&ka).unwrap();
+    for line in [
+        format!("ListenPort = {PORT}"),
+        format!("PrivateKey = {}", private.trim()),
+        format!("PublicKey = {pb}"),
+        "AllowedIPs = 10.251.0.2/32".to_string(),
+        format!("Endpoint = {}:{PORT}", pair.under_b),
+    ] {
+        assert!(conf.contains(&line), "showconf lacks {line:?}:\n{conf}");
+    }
 }
 
 #[test]
