@@ -98,5 +98,8 @@ fn main() -> Result<()> {
     tracing::info!(signal = ?signal, "stopping");
     // Dropping the server removes the socket file; the TUN goes with the process's fd.
     drop(server);
-    Ok(())
+    match pipeline::fatal_error() {
+        Some(reason) => anyhow::bail!("datapath failed: {reason}"),
+        None => Ok(()),
+    }
 }

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -88,6 +88,35 @@ pub fn spawn(
     Ok(handles)
 }
 
+/// Why the datapath stopped by itself, for the main thread to report.
+static FATAL: OnceLock<String> = OnceLock::new();
+
+/// The reason the datapath gave up, if it did (the main thread exits non-zero then).
+#[must_use]
+pub fn fatal_error() -> Option<&'static str> {
+    FATAL.get().map(String::as_str)
+}
+
+/// Gives up: records why and sends the process SIGTERM, which the main thread waits
+/// for, so the socket is cleaned up the usual way.
+fn give_up(reason: String) {
+    tracing::error!(reason = %reason, "datapath stopping");
+    let _ = FATAL.set(reason);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
+}
+
+fn tun_read_failed(err: &io::Error) {
+    // EBADFD: the interface was deleted under us (`ip link del`). Nothing can be
+    // forwarded any more; exit so the supervisor starts a fresh datapath.
+    if err.raw_os_error() == Some(libc::EBADFD) {
+        give_up(format!("the TUN device is gone: {err}"));
+        thread::sleep(Duration::from_secs(3600));
+    }
+    tracing::warn!(error = %err, "tun read failed");
+    // Never spin on a persistent error.
+    thread::sleep(Duration::from_millis(100));
+}
+
 /// Room for the segments of one TSO read: 64 KiB of payload plus one copy of the
 /// headers (≤ 120 bytes) per segment even at the smallest MSS Linux allows.
 const SEGMENT_ROOM: usize = 4 * MAX_DATAGRAM;
@@ -119,7 +148,7 @@ fn tun_to_udp(device: &Device, slot: &UdpSlot, tun: &Tun) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "tun read failed");
+                    tun_read_failed(&e);
                     break;
                 }
             };

@@ -112,3 +112,9 @@ fn tcp_bulk_transfer_ipv6_with_tun_offloads() {
 fn tcp_bulk_transfer_without_tun_offloads() {
     tcp_bulk(&["--tun-offload=false"], false);
 }
+
+#[test]
+fn tcp_bulk_transfer_with_two_threads_per_direction() {
+    // Two readers per fd may reorder packets; the stream must still arrive intact.
+    tcp_bulk(&["--threads", "2"], false);
+}

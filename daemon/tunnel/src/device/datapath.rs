@@ -48,19 +48,30 @@ impl State {
             return None;
         };
         let mut inner = peer.lock();
+        let inner = &mut *inner;
         let endpoint = inner.endpoint?;
         let tunn = inner.tunn.as_mut()?;
-        match tunn.encapsulate(packet, out) {
-            TunnResult::WriteToNetwork(datagram) => {
-                peer.add_tx(datagram.len());
-                Some((datagram.len(), endpoint))
+        let len = match tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(datagram) => datagram.len(),
+            TunnResult::Done if inner.unanswered_init => {
+                // Queued behind the handshake we started unasked when the peer was
+                // configured; that one may have gone to a peer not ready yet. Real
+                // traffic is waiting now, so try again at once rather than after
+                // boringtun's 5 s retry timer.
+                match tunn.format_handshake_initiation(out, true) {
+                    TunnResult::WriteToNetwork(init) => init.len(),
+                    _ => return None,
+                }
             }
             TunnResult::Err(e) => {
                 tracing::debug!(peer = %peer.public_key.fingerprint(), error = ?e, "encapsulate failed");
-                None
+                return None;
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        inner.unanswered_init = false;
+        peer.add_tx(len);
+        Some((len, endpoint))
     }
 
     /// Finds the peer a datagram belongs to, before any session state is touched.

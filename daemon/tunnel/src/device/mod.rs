@@ -293,11 +293,11 @@ impl Device {
                 rate_limiter: rl,
             };
             inner.rebuild(&key, peer.index, &keys);
-            // Like wireguard-go, start a handshake right away for a peer that wants
-            // keepalives, so a tunnel without traffic still comes up.
-            if inner.keepalive > 0
-                && let Some(endpoint) = inner.endpoint
-            {
+            // Start a handshake right away whenever a session was (re)built: the peer
+            // learns our new session at once instead of sending into a dead one until
+            // its own timers give up (~15 s). This is what makes a restart of this
+            // process cheap, and it brings keepalive-only tunnels up without traffic.
+            if let Some(endpoint) = inner.endpoint {
                 let mut buf = [0u8; 256];
                 if let Some(tunn) = inner.tunn.as_mut()
                     && let boringtun::noise::TunnResult::WriteToNetwork(pkt) =
@@ -305,6 +305,7 @@ impl Device {
                 {
                     self.net.send_to(pkt, endpoint);
                     peer.add_tx(pkt.len());
+                    inner.unanswered_init = true;
                 }
             }
         }

@@ -38,6 +38,9 @@ pub struct PeerInner {
     /// Wall-clock time of the last completed handshake, kept after the session expires
     /// so `wg show` keeps showing it.
     pub last_handshake: Option<SystemTime>,
+    /// A handshake was started when the peer was configured and no packet has been
+    /// sent since: the first real packet re-sends the initiation at once.
+    pub unanswered_init: bool,
 }
 
 impl Peer {
@@ -53,6 +56,7 @@ impl Peer {
                 preshared_key: None,
                 keepalive: 0,
                 last_handshake: None,
+                unanswered_init: false,
             }),
         }
     }

@@ -103,3 +103,34 @@ fn fills_up_and_asks_for_a_flush() {
     assert!(!b.push(&seg(0, 10, 0x10, 9999)));
     assert_eq!(written(&mut b).len(), GRO_SLOTS);
 }
+
+#[test]
+fn random_packets_never_panic() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut b = GroBatch::default();
+    for i in 0..20_000u32 {
+        // Start from a valid segment and corrupt a few bytes, so the parser gets far.
+        let mut p = seg(
+            i.wrapping_mul(100),
+            (next() % 200) as usize,
+            0x10,
+            (i % 3) as u16,
+        );
+        for _ in 0..(next() % 4) {
+            let at = (next() as usize) % p.len();
+            p[at] = next() as u8;
+        }
+        p.truncate((next() as usize) % (p.len() + 1));
+        if !b.push(&p) {
+            b.flush(|_| {});
+            assert!(b.push(&p));
+        }
+    }
+    b.flush(|buf| assert!(buf.len() >= VNET_HDR_LEN));
+}

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -70,26 +71,53 @@ impl UapiServer {
     pub fn spawn(&self, device: Arc<Device>) -> io::Result<thread::JoinHandle<()>> {
         let listener = self.listener.try_clone()?;
         thread::Builder::new().name("uapi".into()).spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
                 match stream {
-                    Ok(stream) => {
-                        let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
-                        let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-                        let reader = match stream.try_clone() {
-                            Ok(r) => r,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "uapi: cloning a connection failed");
-                                continue;
-                            }
-                        };
-                        if let Err(e) = handle_connection(&device, reader, stream) {
-                            tracing::debug!(error = %e, "uapi: connection ended with an error");
-                        }
-                    }
+                    Ok(stream) => serve_one(&device, stream, &active),
                     Err(e) => tracing::warn!(error = %e, "uapi: accept failed"),
                 }
             }
         })
+    }
+}
+
+/// Connections served at once. A client that stalls (up to [`CLIENT_TIMEOUT`]) must
+/// not block `wg show`, but a flood of connections must not become a flood of threads.
+const MAX_CONCURRENT: usize = 8;
+
+fn serve_one(device: &Arc<Device>, stream: UnixStream, active: &Arc<AtomicUsize>) {
+    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let reader = match stream.try_clone() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "uapi: cloning a connection failed");
+            return;
+        }
+    };
+    let run = |device: &Device| {
+        if let Err(e) = handle_connection(device, reader, stream) {
+            tracing::debug!(error = %e, "uapi: connection ended with an error");
+        }
+    };
+    if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT {
+        // Over the limit: serve it on the accept thread, which pushes back on clients.
+        run(device);
+        active.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let (device, counter) = (Arc::clone(device), Arc::clone(active));
+    let spawned = thread::Builder::new()
+        .name("uapi-conn".into())
+        .spawn(move || {
+            run(&device);
+            counter.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        // The connection went down with the closure; only the count needs undoing.
+        active.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(error = %e, "uapi: cannot spawn a connection thread");
     }
 }
 

@@ -167,7 +167,14 @@ fn set_then_get_roundtrip() {
         ),
     );
     assert_eq!(answer, "errno=0\n\n");
-    assert_eq!(*net.calls.lock().unwrap(), vec!["bind 51830 7".to_string()]);
+    // Bound once, and a handshake started at once towards the new peer's endpoint.
+    assert_eq!(
+        *net.calls.lock().unwrap(),
+        vec![
+            "bind 51830 7".to_string(),
+            "send 192.0.2.1:51820".to_string()
+        ]
+    );
     let get = talk(&dev, "get=1\n\n");
     assert!(
         get.starts_with(&format!(
@@ -182,7 +189,7 @@ fn set_then_get_roundtrip() {
         "{get}"
     );
     assert!(get.contains("last_handshake_time_sec=0\nlast_handshake_time_nsec=0\n"));
-    assert!(get.contains("tx_bytes=0\nrx_bytes=0\npersistent_keepalive_interval=0\n"));
+    assert!(get.contains("tx_bytes=148\nrx_bytes=0\npersistent_keepalive_interval=0\n"));
     assert!(
         get.contains("allowed_ip=10.8.0.1/32\nallowed_ip=10.9.0.0/16\n"),
         "{get}"

@@ -18,8 +18,9 @@ pub use batch::{RecvBatch, SEND_ENTRIES, SendBatch};
 /// of bursty TCP (see the research notes: RcvbufErrors → retransmits).
 const SOCKET_BUFFER: usize = 7 << 20;
 
-/// How long a receive thread blocks before it looks for a rebound socket.
-pub const RECV_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a receive thread blocks before it re-checks for a rebound socket (a rebind
+/// also wakes it at once by shutting the old socket down; this is the fallback).
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Packets per recvmmsg/sendmmsg call.
 pub const BATCH: usize = 64;
@@ -189,9 +190,18 @@ impl Network for Arc<UdpSlot> {
     fn bind(&self, port: u16, fwmark: u32) -> io::Result<u16> {
         let udp = Udp::bind(port, fwmark)?;
         let bound = udp.port();
-        // Threads blocked on the old socket see the new one after RECV_TIMEOUT; the
-        // old one closes when the last of them lets go.
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(udp));
+        // The old socket closes when the last thread using it lets go.
+        let old = self
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(Arc::new(udp));
+        if let Some(old) = old {
+            // Wake receive threads blocked on the old socket now instead of after
+            // their timeout: a shut-down socket returns from recvmmsg at once. (Linux
+            // reports ENOTCONN for an unconnected UDP socket but still does it.)
+            let _ = old.sock.shutdown(std::net::Shutdown::Read);
+        }
         Ok(bound)
     }
 

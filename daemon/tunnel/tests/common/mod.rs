@@ -168,7 +168,10 @@ pub fn start_wireseal_with(ns: &str, iface: &str, extra: &[&str]) -> Proc {
         .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_wireseal-tunnel")])
         .args(["--interface", iface])
         .args(extra)
-        .env("WIRESEAL_LOG", "info")
+        .env(
+            "WIRESEAL_LOG",
+            std::env::var("WIRESEAL_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null())
         .stderr(daemon_stderr())
         .spawn()
