@@ -6,7 +6,7 @@
 //! list of Nodes: on a restart, or while the API server is unreachable, the
 //! node keeps what it has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use wireseal_core::annotation::{self, NodeStatus};
 use wireseal_core::state::{Family, tunnel_mtu};
-use wireseal_core::{Desired, MeshConfig, ObservedState, Plan, PublicKey, desired, plan};
+use wireseal_core::{
+    Desired, MeshConfig, ObservedState, Plan, PublicKey, desired, gate_routes, plan,
+};
 use wireseal_keymgr::PrivateKey;
 
 use crate::config::{Config, EndpointSetting, MtuSetting};
@@ -28,6 +30,10 @@ use crate::status::{AgentStatus, PeerStatus, SharedStatus};
 /// WireGuard re-handshakes every 2 minutes on an active session; 3 minutes
 /// leaves room for an idle peer's keepalive-less session to still be counted.
 pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
+
+/// First re-check while peers await a handshake, doubling up to the maximum.
+const HANDSHAKE_POLL: Duration = Duration::from_millis(100);
+const HANDSHAKE_POLL_MAX: Duration = Duration::from_secs(5);
 
 /// MTU used with `--mtu auto` before any underlay path is known: fits an IPv6 underlay of 1500.
 const FALLBACK_TUNNEL_MTU: u32 = 1420;
@@ -121,6 +127,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         let mut resync = tokio::time::interval(self.timing.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut handshake_wait = HANDSHAKE_POLL;
         loop {
             let retry = async {
                 match retry_at {
@@ -146,7 +153,17 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             let result = self.pass().await;
             self.metrics.reconcile(result.is_ok());
             retry_at = match result {
-                Ok(()) => None,
+                Ok(0) => {
+                    handshake_wait = HANDSHAKE_POLL;
+                    None
+                }
+                // A handshake completes within a round trip once both sides
+                // know each other; look again soon, then less often.
+                Ok(_) => {
+                    let at = tokio::time::Instant::now() + handshake_wait;
+                    handshake_wait = (handshake_wait * 2).min(HANDSHAKE_POLL_MAX);
+                    Some(at)
+                }
                 Err(err) => {
                     warn!(error = %format!("{err:#}"), "reconcile failed; retrying");
                     Some(tokio::time::Instant::now() + self.timing.retry)
@@ -156,15 +173,16 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         info!("reconcile loop stopped; the datapath stays as it is");
     }
 
-    /// One observe → plan → apply pass.
+    /// One observe → plan → apply pass. Returns how many peers still await
+    /// their first handshake (their traffic keeps the CNI's path meanwhile).
     ///
     /// # Errors
     /// The first failure to observe, or every failure to apply.
-    pub async fn pass(&mut self) -> Result<(), anyhow::Error> {
+    pub async fn pass(&mut self) -> Result<usize, anyhow::Error> {
         let view = self.nodes.borrow_and_update().clone();
         if !view.synced {
             debug!("waiting for the first complete Node list before changing anything");
-            return Ok(());
+            return Ok(0);
         }
         let nodes: Vec<_> = view.nodes.values().cloned().collect();
         let public = self.key.public_key();
@@ -178,6 +196,13 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         self.datapath.ensure_link(&want.state.link).await?;
         self.routing.ensure_up(&self.config.interface).await?;
         let device = self.datapath.observe().await?;
+        let established: BTreeSet<PublicKey> = device
+            .stats
+            .iter()
+            .filter(|(_, stats)| stats.last_handshake.is_some())
+            .map(|(key, _)| *key)
+            .collect();
+        let awaiting = gate_routes(&mut want, &established);
         let routing = self
             .routing
             .observe(
@@ -202,12 +227,13 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 routes_removed = change.routing.remove_routes.len(),
                 rules_added = change.routing.add_rules.len(),
                 rules_removed = change.routing.remove_rules.len(),
+                awaiting_handshake = awaiting.len(),
                 "applying plan"
             );
         }
         let applied = self.execute(&change).await;
         self.report(&view, &want, &device.stats, applied.is_ok());
-        applied
+        applied.map(|()| awaiting.len())
     }
 
     fn mesh_config(&self, mtu: u32) -> MeshConfig {
@@ -232,7 +258,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             return None;
         }
         let mut best: Option<u32> = None;
-        let endpoints: std::collections::BTreeSet<IpAddr> = want
+        let endpoints: BTreeSet<IpAddr> = want
             .state
             .device
             .peers

@@ -67,6 +67,10 @@ pub enum PeerIssue {
     /// to it, but it can still reach us.
     #[error("no endpoint and no InternalIP; only it can start the handshake")]
     NoEndpoint,
+    /// A peer, but no handshake has succeeded yet: its pod CIDRs are not routed
+    /// into the tunnel until one has, so its traffic keeps the CNI's path.
+    #[error("no handshake yet; traffic keeps the CNI's path until one succeeds")]
+    AwaitingHandshake,
 }
 
 /// What became of one remote node.
@@ -218,20 +222,66 @@ pub fn desired(
     }
 }
 
+/// Make-before-break: keeps in the desired state only the routes (and rules)
+/// towards peers in `established`, the peers with which a handshake has
+/// succeeded. The others stay peers, so their handshake can complete, but
+/// their traffic keeps whatever path it had.
+///
+/// Without this, the node that learns of a new peer first would steer replies
+/// into a tunnel the other side does not accept yet, and lose them until the
+/// other side catches up and WireGuard retries its handshake.
+///
+/// Returns the peers still awaiting a handshake.
+pub fn gate_routes(want: &mut Desired, established: &BTreeSet<PublicKey>) -> BTreeSet<PublicKey> {
+    let awaiting: BTreeSet<PublicKey> = want
+        .state
+        .device
+        .peers
+        .keys()
+        .filter(|key| !established.contains(key))
+        .copied()
+        .collect();
+    for key in &awaiting {
+        if let Some(peer) = want.state.device.peers.get(key) {
+            for cidr in &peer.allowed_ips {
+                want.state.routes.remove(cidr);
+            }
+        }
+        if let Some(outcome) = want
+            .peer_nodes
+            .get(key)
+            .and_then(|name| want.nodes.get_mut(name))
+        {
+            outcome.issues.push(PeerIssue::AwaitingHandshake);
+        }
+    }
+    let families: BTreeSet<Family> = want.state.routes.keys().map(Family::of).collect();
+    want.state
+        .rules
+        .retain(|rule| families.contains(&rule.family));
+    awaiting
+}
+
 /// The pod CIDRs each candidate may be given: a CIDR overlapping this node's
 /// own pod CIDRs, or another node's, would make WireGuard's allowed-IPs
 /// ambiguous (the last writer wins), so it is left out on every node involved.
 fn allowed_cidrs<'a>(
     candidates: &BTreeMap<&'a str, PublicKey>,
-    remotes: &BTreeMap<&str, &NodeView>,
+    remotes: &BTreeMap<&'a str, &NodeView>,
     own_cidrs: &[IpNetwork],
     outcomes: &mut BTreeMap<String, NodeOutcome>,
 ) -> BTreeMap<&'a str, BTreeSet<IpNetwork>> {
-    // Every remote node's CIDRs count for conflicts, programmed or not: a node
-    // with a bad key still owns its pods' addresses.
-    let claims: Vec<(&str, IpNetwork)> = remotes
-        .iter()
-        .flat_map(|(name, node)| node.pod_cidrs.iter().map(move |cidr| (*name, *cidr)))
+    // Only nodes that can become peers count: a node without a usable key is
+    // never routed into the tunnel, and letting its claims knock out a valid
+    // node's CIDRs would let one bad annotation take another node off the mesh.
+    let claims: Vec<(&str, IpNetwork)> = candidates
+        .keys()
+        .flat_map(|name| {
+            remotes[name]
+                .pod_cidrs
+                .iter()
+                .map(move |cidr| (*name, *cidr))
+        })
         .collect();
     let mut allowed = BTreeMap::new();
     for name in candidates.keys() {

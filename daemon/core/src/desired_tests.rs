@@ -178,6 +178,19 @@ fn overlapping_pod_cidrs_are_left_out_on_both_sides() {
 }
 
 #[test]
+fn an_invalid_node_cannot_knock_out_a_valid_one_with_an_overlapping_cidr() {
+    let mut nodes = cluster();
+    nodes.push(view("intruder", None, &["10.244.1.0/25"], "192.0.2.99"));
+    let d = desired("a", &key(0), &nodes, &config());
+    assert_eq!(
+        d.state.device.peers[&key(1)].allowed_ips.len(),
+        2,
+        "node b keeps its CIDRs"
+    );
+    assert_eq!(d.nodes["intruder"].issues, vec![PeerIssue::MissingKey]);
+}
+
+#[test]
 fn a_node_without_pod_cidrs_or_address() {
     let mut nodes = cluster();
     nodes[1].pod_cidrs.clear();
@@ -192,6 +205,32 @@ fn a_node_without_pod_cidrs_or_address() {
 fn unknown_self_still_yields_peers() {
     let d = desired("not-registered-yet", &key(9), &cluster(), &config());
     assert_eq!(d.state.device.peers.len(), 3);
+}
+
+#[test]
+fn routes_wait_for_a_handshake() {
+    let mut d = desired("a", &key(0), &cluster(), &config());
+    let awaiting = gate_routes(&mut d, &[key(2)].into());
+    assert_eq!(awaiting, [key(1)].into());
+    // b stays a peer so its handshake can complete, but nothing is routed to it yet.
+    assert!(d.state.device.peers.contains_key(&key(1)));
+    assert_eq!(
+        d.state
+            .routes
+            .keys()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["10.244.2.0/24"]
+    );
+    assert_eq!(
+        d.state.rules.iter().map(|r| r.family).collect::<Vec<_>>(),
+        vec![Family::V4],
+        "no IPv6 route left"
+    );
+    assert_eq!(d.nodes["b"].issues, vec![PeerIssue::AwaitingHandshake]);
+    let mut all = desired("a", &key(0), &cluster(), &config());
+    assert!(gate_routes(&mut all, &[key(1), key(2)].into()).is_empty());
+    assert_eq!(all.state.routes.len(), 3);
 }
 
 #[test]

@@ -16,7 +16,7 @@ pub mod plan;
 pub mod state;
 
 pub use annotation::{DatapathKind, NodeInputError, NodeStatus};
-pub use desired::{Desired, MeshConfig, NodeOutcome, PeerIssue, desired};
+pub use desired::{Desired, MeshConfig, NodeOutcome, PeerIssue, desired, gate_routes};
 pub use key::{KeyError, PublicKey};
 pub use node::NodeView;
 pub use plan::{DevicePlan, LinkPlan, Plan, RoutingPlan, plan};

@@ -131,6 +131,8 @@ pub struct CaptureReport {
     pub control_plane: usize,
     /// ARP and other non-IP frames.
     pub non_ip: usize,
+    /// IPv6 neighbour discovery and MLD between link-local addresses.
+    pub link_local: usize,
     /// Node-to-node IP packets that are not WireGuard, described.
     pub plaintext: Vec<String>,
     /// Number of plaintext packets (the list keeps the first 20).
@@ -153,7 +155,7 @@ impl fmt::Display for CaptureReport {
         write!(
             f,
             "{} frames: WireGuard {} (init {}, response {}, cookie {}, data {}), plaintext node-to-node {}, \
-             canary seen in {}, control plane {}, non-IP {}",
+             canary seen in {}, control plane {}, link-local ND/MLD {}, non-IP {}",
             self.frames,
             self.wireguard.iter().sum::<usize>(),
             self.wireguard[0],
@@ -163,6 +165,7 @@ impl fmt::Display for CaptureReport {
             self.plaintext_count,
             self.canary_frames,
             self.control_plane,
+            self.link_local,
             self.non_ip
         )
     }
@@ -271,7 +274,25 @@ fn classify(
             };
             describe(format!("{name} {src} -> {dst}"), report);
         }
-        ETHERTYPE_IPV6 => describe("IPv6 packet".to_owned(), report),
+        ETHERTYPE_IPV6 if ip.len() >= 40 => {
+            let next_header = ip[6];
+            let src =
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap_or_default());
+            let dst =
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap_or_default());
+            // Neighbour discovery and MLD (ICMPv6, or hop-by-hop for MLD) between
+            // link-local addresses or to multicast: the links' own chatter.
+            let link_scope =
+                src.is_unicast_link_local() || src.is_unspecified() || dst.is_multicast();
+            if link_scope && (next_header == 58 || next_header == 0) {
+                report.link_local += 1;
+                return;
+            }
+            describe(
+                format!("IPv6 {src} -> {dst} (next header {next_header})"),
+                report,
+            );
+        }
         _ => report.non_ip += 1,
     }
 }
@@ -418,6 +439,43 @@ mod tests {
             &fake,
         )]);
         assert_eq!(analyse(&file, API, 51830).unwrap().plaintext_count, 1);
+    }
+
+    fn ipv6_frame(src: [u8; 16], dst: [u8; 16], next_header: u8) -> Vec<u8> {
+        let mut frame = vec![0; 12];
+        frame.extend_from_slice(&[0x86, 0xdd]);
+        frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, next_header, 255]);
+        frame.extend_from_slice(&src);
+        frame.extend_from_slice(&dst);
+        frame.extend_from_slice(&[0; 8]);
+        frame
+    }
+
+    #[test]
+    fn neighbour_discovery_is_link_chatter_but_other_ipv6_is_plaintext() {
+        let mut link_local = [0u8; 16];
+        link_local[0] = 0xfe;
+        link_local[1] = 0x80;
+        link_local[15] = 1;
+        let mut multicast = [0u8; 16];
+        multicast[0] = 0xff;
+        multicast[1] = 0x02;
+        multicast[15] = 1;
+        let mut global = [0u8; 16];
+        global[0] = 0xfd;
+        global[15] = 2;
+        let file = pcap(&[
+            ipv6_frame(link_local, multicast, 58),
+            ipv6_frame(global, global, 6),
+        ]);
+        let report = analyse(&file, API, 51830).unwrap();
+        assert_eq!(report.link_local, 1);
+        assert_eq!(report.plaintext_count, 1);
+        assert!(
+            report.plaintext[0].starts_with("IPv6 fd00::2 -> fd00::2"),
+            "{:?}",
+            report.plaintext
+        );
     }
 
     #[test]

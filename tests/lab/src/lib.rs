@@ -87,7 +87,10 @@ impl Lab {
         }
         let wireseal = locate("wireseal")?;
         let tunnel = locate("wireseal-tunnel")?;
-        let run_id = format!("{PREFIX}{:x}", std::process::id() % 0x1_0000);
+        // pid and a counter: test binaries run several labs in one process.
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let run_id = format!("{PREFIX}{:x}{run}", std::process::id() % 0x1_0000);
         running().prefix = Some(run_id.clone());
         let dir = std::env::temp_dir().join(format!("wireseal-lab-{run_id}"));
         create_private_dir(&dir)?;
@@ -209,6 +212,73 @@ impl Lab {
         if let Some(mut agent) = self.procs[i].agent.take() {
             agent.stop(Duration::from_secs(5));
         }
+    }
+
+    /// Kills node `i`'s agent with SIGKILL, as a crash or an OOM kill would.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut agent) = self.procs[i].agent.take() {
+            agent.kill();
+        }
+    }
+
+    /// Registers node `i`'s Node object again (after [`Lab::delete_node`]).
+    ///
+    /// # Errors
+    /// When the apiserver refuses it.
+    pub fn register_node(&self, i: usize) -> Result<()> {
+        let node = &self.network.nodes[i];
+        self.apiserver()
+            .state()
+            .create_node(&node_object(&node.name, node.index, &node.ip.to_string()))
+            .map(|_| ())
+            .map_err(|err| anyhow::anyhow!("registering Node {}: {err}", node.name))
+    }
+
+    /// Deletes node `i`'s Node object, as when a node leaves the cluster.
+    ///
+    /// # Errors
+    /// When it does not exist.
+    pub fn delete_node(&self, i: usize) -> Result<()> {
+        let name = &self.network.nodes[i].name;
+        self.apiserver()
+            .state()
+            .delete_node(name)
+            .map(|_| ())
+            .map_err(|err| anyhow::anyhow!("deleting Node {name}: {err}"))
+    }
+
+    /// Node `i`'s routing as `ip` shows it: links, rules, every table. Used
+    /// to check that `wireseal cleanup` leaves the node as it found it.
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn routing_snapshot(&self, i: usize) -> Result<String> {
+        let ns = &self.network.nodes[i].ns;
+        let mut out = String::new();
+        for args in [
+            &["-o", "link", "show"][..],
+            &["rule", "show"],
+            &["-4", "route", "show", "table", "all"],
+            &["-6", "route", "show", "table", "all"],
+        ] {
+            let output = ns.ip(args)?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            // Link lines carry changing counters and queue states; keep the names.
+            let lines: Vec<String> = if args.contains(&"link") {
+                text.lines()
+                    .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_owned()))
+                    .collect()
+            } else {
+                // Link-local addresses appear when the kernel's duplicate address
+                // detection finishes, whenever that is; they are not wireseal's.
+                text.lines()
+                    .filter(|l| !l.starts_with("local fe80::"))
+                    .map(str::to_owned)
+                    .collect()
+            };
+            out.push_str(&format!("$ ip {}\n{}\n", args.join(" "), lines.join("\n")));
+        }
+        Ok(out)
     }
 
     /// Stops node `i`'s tunnel process.

@@ -1,0 +1,383 @@
+//! End-to-end tests on a local cluster in network namespaces: real agents, real
+//! userspace datapaths, the fake apiserver, and the CNI played by host-gw routes.
+//! They need root and fail (never skip) without it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use wireseal_lab::capture::{Capture, CaptureReport};
+use wireseal_lab::topology::APISERVER_IP;
+use wireseal_lab::traffic::{self, PingResult};
+use wireseal_lab::{Lab, LabConfig, WIREGUARD_PORT};
+
+const UP: Duration = Duration::from_secs(60);
+const CONVERGE: Duration = Duration::from_secs(20);
+
+fn lab(nodes: usize, pods: usize) -> Lab {
+    Lab::up(LabConfig { nodes, pods }).expect("the lab needs root, iproute2 and the built binaries")
+}
+
+/// Canary pings between the first pods of `pairs` while capturing the underlay.
+fn capture(lab: &Lab, pairs: &[(usize, usize)]) -> CaptureReport {
+    let file = lab.dir.join(format!(
+        "capture-{}.pcap",
+        Instant::now().elapsed().as_nanos()
+    ));
+    let capture = Capture::start(&lab.network.underlay, "any", &file).unwrap();
+    for (from, to) in pairs {
+        traffic::ping(
+            &lab.network,
+            (*from, 0),
+            (*to, 0),
+            3,
+            Duration::from_millis(20),
+        )
+        .unwrap();
+    }
+    capture.finish(APISERVER_IP, WIREGUARD_PORT).unwrap()
+}
+
+fn eventually(lab: &Lab, what: &str, timeout: Duration, mut check: impl FnMut(&Lab) -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check(lab) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}\n{}\n{}",
+            lab.logs(0),
+            lab.logs(1)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A fixed-count ping in the background (every 10 ms), joined for its result.
+fn background_ping(
+    lab: &Lab,
+    from: (usize, usize),
+    to: (usize, usize),
+    count: u32,
+) -> thread::JoinHandle<PingResult> {
+    let src = lab.network.nodes[from.0].pods[from.1].ns.name().to_owned();
+    let dst = lab.network.nodes[to.0].pods[to.1].ip.to_string();
+    thread::spawn(move || {
+        let output = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &src,
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                &dst,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_default()
+            .to_owned();
+        let number = |word: &str| -> u32 {
+            line.split(word)
+                .next()
+                .unwrap()
+                .trim_end_matches([' ', ','])
+                .rsplit([' ', ','])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        PingResult {
+            sent: number("packets transmitted"),
+            received: number("received"),
+        }
+    })
+}
+
+#[test]
+fn all_pods_connect_and_only_wireguard_crosses_the_wire() {
+    let mut lab = lab(3, 2);
+    let ring = [(0, 1), (1, 2), (2, 0)];
+    let plain = capture(&lab, &ring);
+    assert!(
+        plain.canary_frames > 0,
+        "without wireseal the canary must be visible, or the check proves nothing: {plain}"
+    );
+    assert!(!plain.encrypted());
+
+    lab.start_wireseal().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    assert_eq!(
+        traffic::all_pairs(&lab.network, 2).unwrap(),
+        vec![],
+        "every pod pair across nodes connects"
+    );
+    let sealed = capture(&lab, &ring);
+    assert!(
+        sealed.encrypted(),
+        "{sealed}; plaintext: {:?}",
+        sealed.plaintext
+    );
+    assert_eq!(sealed.canary_frames, 0);
+
+    for i in 0..3 {
+        let status = lab.status(i).unwrap();
+        assert_eq!(
+            status.datapath,
+            Some(wireseal_core::DatapathKind::Userspace)
+        );
+        assert_eq!(status.coverage_line(), "2/2 peers encrypted");
+        let text = lab.status_text(i).unwrap();
+        assert!(text.contains("2/2 peers encrypted"), "{text}");
+    }
+    // The datapath chosen by --datapath auto is published on the Node.
+    let node = lab.apiserver().state().get_node("node-0").unwrap();
+    let status = &node.metadata.annotations.unwrap()["wireseal.dev/status"];
+    assert!(status.contains(r#""datapath":"userspace""#), "{status}");
+}
+
+#[test]
+fn agent_restart_and_crash_lose_no_packet() {
+    let mut lab = lab(2, 1);
+    lab.start_wireseal().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    let forward = background_ping(&lab, (0, 0), (1, 0), 400);
+    let backward = background_ping(&lab, (1, 0), (0, 0), 400);
+    thread::sleep(Duration::from_millis(500));
+    lab.stop_agent(0);
+    lab.start_agent(0).unwrap();
+    thread::sleep(Duration::from_millis(800));
+    lab.kill_agent(1);
+    lab.start_agent(1).unwrap();
+    let (forward, backward) = (forward.join().unwrap(), backward.join().unwrap());
+    assert_eq!(
+        forward.received, forward.sent,
+        "node-0 → node-1 lost packets across agent restarts: {forward:?}"
+    );
+    assert_eq!(
+        backward.received, backward.sent,
+        "node-1 → node-0 lost packets: {backward:?}"
+    );
+    assert_eq!(forward.sent, 400);
+    // The restarted agents adopted the running datapath and converge again.
+    eventually(&lab, "restarted agents report the mesh", CONVERGE, |lab| {
+        (0..2).all(|i| lab.status(i).is_ok_and(|s| s.encrypted() == 1))
+    });
+    let sealed = capture(&lab, &[(0, 1), (1, 0)]);
+    assert!(sealed.encrypted(), "{sealed}");
+}
+
+#[test]
+fn an_api_server_outage_keeps_traffic_flowing() {
+    let mut lab = lab(2, 1);
+    lab.start_wireseal().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    let faults = lab.apiserver().faults().clone();
+    let ping = background_ping(&lab, (0, 0), (1, 0), 500);
+    thread::sleep(Duration::from_millis(300));
+    faults.refuse_connections();
+    thread::sleep(Duration::from_secs(4));
+    // Agents keep the last good state; a forced resync during the outage changes nothing.
+    for i in 0..2 {
+        assert_eq!(
+            lab.status(i).unwrap().expected(),
+            1,
+            "peer kept during the outage"
+        );
+    }
+    faults.accept_connections();
+    let result = ping.join().unwrap();
+    assert_eq!(
+        result.received, result.sent,
+        "traffic must not notice an API outage: {result:?}"
+    );
+    assert!(capture(&lab, &[(0, 1)]).encrypted());
+}
+
+#[test]
+fn nodes_joining_leaving_and_rekeying_change_the_mesh() {
+    let mut lab = lab(3, 1);
+    // node-2 is not part of the cluster yet.
+    lab.delete_node(2).unwrap();
+    for i in 0..2 {
+        lab.start_tunnel(i).unwrap();
+        lab.start_agent(i).unwrap();
+    }
+    eventually(&lab, "node-0 and node-1 peer", UP, |lab| {
+        (0..2).all(|i| lab.status(i).is_ok_and(|s| s.expected() == 1))
+    });
+
+    // node-2 joins: registered, then its wireseal starts.
+    lab.register_node(2).unwrap();
+    lab.start_tunnel(2).unwrap();
+    lab.start_agent(2).unwrap();
+    let joined = Instant::now();
+    lab.wait_encrypted(UP).unwrap();
+    let join_secs = joined.elapsed().as_secs_f64();
+    assert!(capture(&lab, &[(0, 2), (2, 1)]).encrypted());
+
+    // node-1 is re-keyed: new key file, agent restarted.
+    let old = lab.status(1).unwrap().public_key.unwrap();
+    lab.stop_agent(1);
+    std::fs::remove_file(lab.dir.join("node-1/state/private.key")).unwrap();
+    lab.start_agent(1).unwrap();
+    eventually(
+        &lab,
+        "the others follow node-1's new key",
+        CONVERGE,
+        |lab| {
+            let Ok(new) = lab
+                .status(1)
+                .and_then(|s| s.public_key.ok_or_else(|| anyhow::anyhow!("no key")))
+            else {
+                return false;
+            };
+            new != old
+                && [0, 2].iter().all(|i| {
+                    lab.status(*i).is_ok_and(|s| {
+                        s.peers
+                            .iter()
+                            .any(|p| p.node == "node-1" && p.public_key == Some(new))
+                    })
+                })
+        },
+    );
+    lab.wait_encrypted(CONVERGE).unwrap();
+    assert_eq!(traffic::all_pairs(&lab.network, 1).unwrap(), vec![]);
+
+    // node-2 leaves: wireseal removed, Node deleted. The others drop it and
+    // reach its pods over the CNI's plain route again.
+    lab.cleanup_node(2).unwrap();
+    lab.delete_node(2).unwrap();
+    eventually(&lab, "node-2 leaves every mesh", CONVERGE, |lab| {
+        (0..2).all(|i| {
+            lab.status(i)
+                .is_ok_and(|s| s.expected() == 1 && !s.peers.iter().any(|p| p.node == "node-2"))
+        })
+    });
+    let result = traffic::ping(&lab.network, (0, 0), (2, 0), 3, Duration::from_millis(50)).unwrap();
+    assert_eq!(
+        result.received, 3,
+        "node-2's pods reachable over the CNI path after it left"
+    );
+    assert!(join_secs < 30.0, "joining took {join_secs:.1} s");
+}
+
+#[test]
+fn malformed_input_on_one_node_leaves_the_rest_working() {
+    let mut lab = lab(2, 1);
+    // A Node without an agent, with a garbage key and a pod CIDR overlapping node-1's.
+    let mut intruder = wireseal_lab::node_object("intruder", 9, "198.18.0.99");
+    intruder.metadata.annotations =
+        Some([("wireseal.dev/public-key".to_owned(), "garbage!".to_owned())].into());
+    intruder.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.1.0/25".to_owned()]);
+    lab.apiserver().state().create_node(&intruder).unwrap();
+    lab.start_wireseal().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    assert_eq!(traffic::all_pairs(&lab.network, 2).unwrap(), vec![]);
+    let sealed = capture(&lab, &[(0, 1), (1, 0)]);
+    assert!(
+        sealed.encrypted(),
+        "{sealed}; plaintext: {:?}",
+        sealed.plaintext
+    );
+    let status = lab.status(0).unwrap();
+    let bad = status.peers.iter().find(|p| p.node == "intruder").unwrap();
+    assert_eq!(bad.public_key, None);
+    assert!(
+        bad.issues
+            .iter()
+            .any(|i| i.contains("wireseal.dev/public-key")),
+        "{:?}",
+        bad.issues
+    );
+    eventually(&lab, "an Event on the intruder", CONVERGE, |lab| {
+        lab.apiserver()
+            .state()
+            .events()
+            .iter()
+            .any(|e| e.involved_object.name.as_deref() == Some("intruder"))
+    });
+}
+
+#[test]
+fn deleted_routes_and_rules_come_back() {
+    let mut lab = lab(2, 1);
+    lab.start_wireseal().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    let ns = &lab.network.nodes[0].ns;
+    ns.ip(&["rule", "del", "priority", "90"]).unwrap();
+    ns.ip(&["route", "del", "10.244.1.0/24", "table", "51830"])
+        .unwrap();
+    eventually(&lab, "rule and route restored", CONVERGE, |lab| {
+        let ns = &lab.network.nodes[0].ns;
+        let rules = String::from_utf8_lossy(&ns.ip(&["rule", "show"]).unwrap().stdout).into_owned();
+        let routes =
+            String::from_utf8_lossy(&ns.ip(&["route", "show", "table", "51830"]).unwrap().stdout)
+                .into_owned();
+        rules.contains("90:\tnot from all fwmark 0x10000000/0x10000000 lookup 51830")
+            && routes.contains("10.244.1.0/24 dev wireseal0")
+    });
+    assert!(capture(&lab, &[(0, 1)]).encrypted());
+}
+
+#[test]
+fn toggling_beside_the_cni_under_ping_and_cleanup_restores_the_node() {
+    let mut lab = lab(2, 1);
+    let before: Vec<String> = (0..2).map(|i| lab.routing_snapshot(i).unwrap()).collect();
+
+    // On: wireseal takes the traffic from the CNI's routes while a ping runs.
+    let ping_on = background_ping(&lab, (0, 0), (1, 0), 300);
+    thread::sleep(Duration::from_millis(300));
+    lab.start_wireseal().unwrap();
+    let on = ping_on.join().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    assert!(capture(&lab, &[(0, 1)]).encrypted());
+
+    // Off: agents stopped, `wireseal cleanup` on every node, under ping.
+    let ping_off = background_ping(&lab, (0, 0), (1, 0), 300);
+    thread::sleep(Duration::from_millis(300));
+    for i in 0..2 {
+        lab.stop_agent(i);
+    }
+    for i in 0..2 {
+        lab.cleanup_node(i).unwrap();
+    }
+    let off = ping_off.join().unwrap();
+    let plain = capture(&lab, &[(0, 1)]);
+    assert!(
+        plain.canary_frames > 0,
+        "the CNI's plain path carries the traffic again: {plain}"
+    );
+    for (i, snapshot) in before.iter().enumerate() {
+        assert_eq!(
+            &lab.routing_snapshot(i).unwrap(),
+            snapshot,
+            "node-{i} is not as it was before wireseal"
+        );
+    }
+    // Both directions of the toggle keep the pods connected; report what was lost.
+    let lost_on = on.sent - on.received;
+    let lost_off = off.sent - off.received;
+    println!(
+        "toggle on lost {lost_on}/{} pings, toggle off lost {lost_off}/{}",
+        on.sent, off.sent
+    );
+    assert!(
+        lost_on * 10 <= on.sent,
+        "turning wireseal on lost too much: {on:?}"
+    );
+    assert!(
+        lost_off * 10 <= off.sent,
+        "turning wireseal off lost too much: {off:?}"
+    );
+}
