@@ -9,12 +9,12 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
+use crate::process::Proc;
 
 /// The 16-byte pattern pods put in their ping payloads (`ping -p`).
 pub const CANARY: &[u8; 16] = b"WIRESEAL-CANARY!";
@@ -28,95 +28,68 @@ pub fn canary_hex() -> String {
 /// A running tcpdump on one interface of a namespace.
 #[derive(Debug)]
 pub struct Capture {
-    child: Option<Child>,
+    tcpdump: Proc,
     file: PathBuf,
-    log: PathBuf,
 }
 
 impl Capture {
     /// Starts capturing every frame on `interface` in `ns` into `file` (`any`
     /// for every interface: a bridge device itself does not see the frames it
-    /// forwards between its ports), and
-    /// waits until tcpdump is listening.
+    /// forwards between its ports), and waits until tcpdump is listening.
     ///
     /// # Errors
     /// When tcpdump is missing or does not start listening within 10 s.
     pub fn start(ns: &Netns, interface: &str, file: &Path) -> Result<Self> {
         let log = file.with_extension("log");
-        let stderr =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = ns
-            .command("tcpdump")
-            // Immediate mode: packets reach the file as they arrive, not when a
-            // ring block fills, so stopping right after the traffic loses nothing.
-            .args(["-i", interface, "-s", "0", "-U", "-nn", "--immediate-mode", "-Z", "root", "-w"])
-            .arg(file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .context("starting tcpdump (apt-get install tcpdump)")?;
-        let mut capture = Self {
-            child: Some(child),
-            file: file.to_owned(),
-            log,
-        };
+        let mut command = ns.command("tcpdump");
+        // Immediate mode: packets reach the file as they arrive, not when a ring
+        // block fills, so stopping right after the traffic loses nothing.
+        command
+            .args([
+                "-i",
+                interface,
+                "-s",
+                "0",
+                "-U",
+                "-nn",
+                "--immediate-mode",
+                "-Z",
+                "root",
+                "-w",
+            ])
+            .arg(file);
+        let mut tcpdump = Proc::spawn("tcpdump (apt-get install tcpdump)", command, &log)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let text = std::fs::read_to_string(&capture.log).unwrap_or_default();
-            if text.contains("listening on") {
-                return Ok(capture);
-            }
-            if let Some(child) = capture.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
+            if std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("listening on")
             {
-                bail!("tcpdump exited ({status}): {}", text.trim());
+                return Ok(Self {
+                    tcpdump,
+                    file: file.to_owned(),
+                });
             }
+            tcpdump.check_running()?;
             if Instant::now() > deadline {
                 bail!(
                     "tcpdump did not start listening within 10 s: {}",
-                    text.trim()
+                    tcpdump.log_tail(5)
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Stops tcpdump (flushing its file) and analyses what it captured.
+    /// Stops tcpdump (which flushes its file on SIGTERM) and analyses what it captured.
     ///
     /// # Errors
     /// When the capture file cannot be read or parsed.
     pub fn finish(mut self, apiserver: Ipv4Addr, wireguard_port: u16) -> Result<CaptureReport> {
-        self.stop();
+        self.tcpdump.stop(Duration::from_secs(5));
         let bytes = std::fs::read(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
         analyse(&bytes, apiserver, wireguard_port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGINT,
-                );
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

@@ -1,7 +1,7 @@
 //! Traffic between pods: pings (optionally carrying the canary), all-pairs
 //! connectivity, a continuous pinger that counts losses, and iperf3.
 
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -33,32 +33,27 @@ pub fn ping(
     count: u32,
     interval: Duration,
 ) -> Result<PingResult> {
+    Pinger::start(network, from, to, Some(count), interval)?.wait()
+}
+
+/// `ping` from one pod to another, with the canary in every payload.
+fn ping_command(
+    network: &Network,
+    from: PodRef,
+    to: PodRef,
+    count: Option<u32>,
+    interval: Duration,
+) -> Command {
     let src = &network.nodes[from.0].pods[from.1];
     let dst = network.nodes[to.0].pods[to.1].ip;
-    let interval_arg = format!("{:.3}", interval.as_secs_f64().max(0.002));
-    // ping exits 1 when replies are missing; its summary is still printed, so
-    // the exit status is not what decides.
-    let output = src
-        .ns
-        .command("ping")
-        .args([
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            &interval_arg,
-            "-W",
-            "1",
-            "-p",
-            &canary_hex(),
-        ])
-        .arg(dst.to_string())
-        .stdin(Stdio::null())
-        .output()
-        .context("running ping (apt-get install iputils-ping)")?
-        .stdout;
-    parse_ping(&String::from_utf8_lossy(&output))
+    let mut command = src.ns.command("ping");
+    command.args(["-n", "-q", "-W", "1", "-p", &canary_hex()]);
+    command.args(["-i", &format!("{:.3}", interval.as_secs_f64().max(0.002))]);
+    if let Some(count) = count {
+        command.args(["-c", &count.to_string()]);
+    }
+    command.arg(dst.to_string());
+    command
 }
 
 fn parse_ping(text: &str) -> Result<PingResult> {
@@ -104,34 +99,27 @@ pub fn all_pairs(network: &Network, count: u32) -> Result<Vec<(PodRef, PodRef)>>
     Ok(failed)
 }
 
-/// A ping running in the background; [`Pinger::finish`] stops it and reports.
+/// A ping running in the background: [`Pinger::wait`] for a fixed count to
+/// finish, or [`Pinger::finish`] to interrupt an endless one.
 #[derive(Debug)]
 pub struct Pinger {
     child: Option<Child>,
 }
 
 impl Pinger {
-    /// Starts pinging `to` from `from` every `interval`, carrying the canary.
+    /// Starts pinging `to` from `from` every `interval` (`count` times, or
+    /// until [`Pinger::finish`]), carrying the canary.
     ///
     /// # Errors
     /// When ping cannot start.
-    pub fn start(network: &Network, from: PodRef, to: PodRef, interval: Duration) -> Result<Self> {
-        let src = &network.nodes[from.0].pods[from.1];
-        let dst = network.nodes[to.0].pods[to.1].ip;
-        let child = src
-            .ns
-            .command("ping")
-            .args([
-                "-n",
-                "-q",
-                "-i",
-                &format!("{:.3}", interval.as_secs_f64()),
-                "-W",
-                "1",
-                "-p",
-                &canary_hex(),
-            ])
-            .arg(dst.to_string())
+    pub fn start(
+        network: &Network,
+        from: PodRef,
+        to: PodRef,
+        count: Option<u32>,
+        interval: Duration,
+    ) -> Result<Self> {
+        let child = ping_command(network, from, to, count, interval)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -140,20 +128,29 @@ impl Pinger {
         Ok(Self { child: Some(child) })
     }
 
+    /// Waits for the pings to finish and returns the counts. ping exits 1 when
+    /// replies are missing, so its summary, not its status, decides.
+    ///
+    /// # Errors
+    /// When the summary cannot be read.
+    pub fn wait(mut self) -> Result<PingResult> {
+        let child = self.child.take().context("pinger already finished")?;
+        let output = child.wait_with_output().context("waiting for ping")?;
+        parse_ping(&String::from_utf8_lossy(&output.stdout))
+    }
+
     /// Stops the ping (SIGINT, so it prints its summary) and returns the counts.
     ///
     /// # Errors
     /// When the summary cannot be read.
-    pub fn finish(mut self) -> Result<PingResult> {
-        let child = self.child.take().context("pinger already finished")?;
-        if let Ok(pid) = i32::try_from(child.id()) {
+    pub fn finish(self) -> Result<PingResult> {
+        if let Some(pid) = self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGINT,
             );
         }
-        let output = child.wait_with_output().context("waiting for ping")?;
-        parse_ping(&String::from_utf8_lossy(&output.stdout))
+        self.wait()
     }
 }
 

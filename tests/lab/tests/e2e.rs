@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use wireseal_lab::capture::{Capture, CaptureReport};
 use wireseal_lab::topology::APISERVER_IP;
-use wireseal_lab::traffic::{self, PingResult};
+use wireseal_lab::traffic::{self, Pinger};
 use wireseal_lab::{Lab, LabConfig, WIREGUARD_PORT};
 
 const UP: Duration = Duration::from_secs(60);
@@ -51,56 +51,16 @@ fn eventually(lab: &Lab, what: &str, timeout: Duration, mut check: impl FnMut(&L
     }
 }
 
-/// A fixed-count ping in the background (every 10 ms), joined for its result.
-fn background_ping(
-    lab: &Lab,
-    from: (usize, usize),
-    to: (usize, usize),
-    count: u32,
-) -> thread::JoinHandle<PingResult> {
-    let src = lab.network.nodes[from.0].pods[from.1].ns.name().to_owned();
-    let dst = lab.network.nodes[to.0].pods[to.1].ip.to_string();
-    thread::spawn(move || {
-        let output = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &src,
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.01",
-                "-W",
-                "1",
-                &dst,
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout);
-        let line = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_default()
-            .to_owned();
-        let number = |word: &str| -> u32 {
-            line.split(word)
-                .next()
-                .unwrap()
-                .trim_end_matches([' ', ','])
-                .rsplit([' ', ','])
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        PingResult {
-            sent: number("packets transmitted"),
-            received: number("received"),
-        }
-    })
+/// A fixed-count ping every 10 ms in the background.
+fn background_ping(lab: &Lab, from: (usize, usize), to: (usize, usize), count: u32) -> Pinger {
+    Pinger::start(
+        &lab.network,
+        from,
+        to,
+        Some(count),
+        Duration::from_millis(10),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -158,7 +118,7 @@ fn agent_restart_and_crash_lose_no_packet() {
     thread::sleep(Duration::from_millis(800));
     lab.kill_agent(1);
     lab.start_agent(1).unwrap();
-    let (forward, backward) = (forward.join().unwrap(), backward.join().unwrap());
+    let (forward, backward) = (forward.wait().unwrap(), backward.wait().unwrap());
     assert_eq!(
         forward.received, forward.sent,
         "node-0 → node-1 lost packets across agent restarts: {forward:?}"
@@ -195,7 +155,7 @@ fn an_api_server_outage_keeps_traffic_flowing() {
         );
     }
     faults.accept_connections();
-    let result = ping.join().unwrap();
+    let result = ping.wait().unwrap();
     assert_eq!(
         result.received, result.sent,
         "traffic must not notice an API outage: {result:?}"
@@ -339,7 +299,7 @@ fn toggling_beside_the_cni_under_ping_and_cleanup_restores_the_node() {
     let ping_on = background_ping(&lab, (0, 0), (1, 0), 300);
     thread::sleep(Duration::from_millis(300));
     lab.start_wireseal().unwrap();
-    let on = ping_on.join().unwrap();
+    let on = ping_on.wait().unwrap();
     lab.wait_encrypted(UP).unwrap();
     assert!(capture(&lab, &[(0, 1)]).encrypted());
 
@@ -352,7 +312,7 @@ fn toggling_beside_the_cni_under_ping_and_cleanup_restores_the_node() {
     for i in 0..2 {
         lab.cleanup_node(i).unwrap();
     }
-    let off = ping_off.join().unwrap();
+    let off = ping_off.wait().unwrap();
     let plain = capture(&lab, &[(0, 1)]);
     assert!(
         plain.canary_frames > 0,
