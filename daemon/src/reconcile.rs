@@ -35,6 +35,9 @@ pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
 const HANDSHAKE_POLL: Duration = Duration::from_millis(100);
 const HANDSHAKE_POLL_MAX: Duration = Duration::from_secs(5);
 
+/// Most endpoints whose underlay path is looked up per pass.
+const MAX_PATH_LOOKUPS: usize = 32;
+
 /// MTU used with `--mtu auto` before any underlay path is known: fits an IPv6 underlay of 1500.
 const FALLBACK_TUNNEL_MTU: u32 = 1420;
 
@@ -79,6 +82,7 @@ pub struct Reconciler<D, R> {
     status: SharedStatus,
     timing: Timing,
     metrics: Metrics,
+    mtu_warning: Option<String>,
 }
 
 impl<D: Datapath, R: Routing> Reconciler<D, R> {
@@ -107,6 +111,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             status,
             timing,
             metrics: Metrics::new(),
+            mtu_warning: None,
         }
     }
 
@@ -188,10 +193,12 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         let public = self.key.public_key();
         let mut mesh = self.mesh_config(FALLBACK_TUNNEL_MTU);
         let mut want = desired(&self.config.node_name, &public, &nodes, &mesh);
-        if let Some(mtu) = self.auto_mtu(&want).await {
+        let (auto_mtu, underlay_devices) = self.underlay(&want).await;
+        if let (MtuSetting::Auto, Some(mtu)) = (self.config.mtu, auto_mtu) {
             mesh.mtu = mtu;
             want = desired(&self.config.node_name, &public, &nodes, &mesh);
         }
+        let mtu_warning = self.check_pod_mtu(mesh.mtu, &underlay_devices).await;
 
         self.datapath.ensure_link(&want.state.link).await?;
         self.routing.ensure_up(&self.config.interface).await?;
@@ -232,7 +239,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             );
         }
         let applied = self.execute(&change).await;
-        self.report(&view, &want, &device.stats, applied.is_ok());
+        self.report(&view, &want, &device.stats, applied.is_ok(), mtu_warning);
         applied.map(|()| awaiting.len())
     }
 
@@ -251,13 +258,14 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         }
     }
 
-    /// With `--mtu auto`: the smallest tunnel MTU over the paths to every
-    /// peer's endpoint. `None` with a fixed MTU, or when no path is known.
-    async fn auto_mtu(&mut self, want: &Desired) -> Option<u32> {
-        if self.config.mtu != MtuSetting::Auto {
-            return None;
-        }
+    /// The underlay seen from here: the smallest tunnel MTU over the paths to
+    /// the peers' endpoints (`None` when no path is known), and the devices
+    /// those paths leave through. At most [`MAX_PATH_LOOKUPS`] distinct
+    /// endpoints are asked per pass, which covers every underlay device in
+    /// practice without a kernel round trip per node of a large cluster.
+    async fn underlay(&mut self, want: &Desired) -> (Option<u32>, BTreeSet<String>) {
         let mut best: Option<u32> = None;
+        let mut devices = BTreeSet::new();
         let endpoints: BTreeSet<IpAddr> = want
             .state
             .device
@@ -265,9 +273,10 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             .values()
             .filter_map(|peer| peer.endpoint.map(|e| e.ip()))
             .collect();
-        for ip in endpoints {
+        for ip in endpoints.into_iter().take(MAX_PATH_LOOKUPS) {
             match self.routing.path_mtu(ip).await {
-                Ok(underlay) => {
+                Ok((device, underlay)) => {
+                    devices.insert(device);
                     let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
                     let Some(mtu) = tunnel_mtu(underlay, family) else {
                         warn!(%ip, underlay, "path MTU too small for a tunnel; keeping the others");
@@ -278,7 +287,40 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 Err(err) => debug!(%ip, error = %err, "no path MTU"),
             }
         }
-        best
+        (best, devices)
+    }
+
+    /// TCP MSS cannot be clamped without iptables or nftables, which wireseal
+    /// does not touch; the routes in its table carry the tunnel MTU, so pods
+    /// learn it through path MTU discovery — unless ICMP is filtered on the
+    /// way. When the CNI gave its pods a larger MTU, say so, once per change.
+    async fn check_pod_mtu(
+        &mut self,
+        tunnel: u32,
+        underlay_devices: &BTreeSet<String>,
+    ) -> Option<String> {
+        let mut exclude = underlay_devices.clone();
+        exclude.insert(self.config.interface.clone());
+        let (link, mtu) = match self.routing.pod_link_mtu(&exclude).await {
+            Ok(found) => found?,
+            Err(err) => {
+                debug!(error = %err, "cannot read the pod links' MTU");
+                return None;
+            }
+        };
+        if mtu <= tunnel {
+            self.mtu_warning = None;
+            return None;
+        }
+        let message = format!(
+            "pod link {link} has MTU {mtu}, above the tunnel MTU {tunnel}: pods rely on path MTU discovery \
+             (ICMP fragmentation-needed) across nodes; set the CNI's MTU to at most {tunnel}"
+        );
+        if self.mtu_warning.as_ref() != Some(&message) {
+            warn!(%link, pod_mtu = mtu, tunnel_mtu = tunnel, "{message}");
+            self.mtu_warning = Some(message.clone());
+        }
+        Some(message)
     }
 
     /// Applies a plan in the order documented in `wireseal_core::plan`,
@@ -331,6 +373,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         want: &Desired,
         stats: &BTreeMap<PublicKey, PeerStats>,
         applied: bool,
+        mtu_warning: Option<String>,
     ) {
         let now = SystemTime::now();
         let peers: Vec<PeerStatus> = want
@@ -388,6 +431,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             synced: view.synced,
             last_apply_ok: applied,
             tunnel_mtu: want.state.link.mtu,
+            mtu_warning,
             peers,
         });
     }

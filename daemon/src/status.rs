@@ -88,6 +88,9 @@ pub struct AgentStatus {
     pub last_apply_ok: bool,
     /// The tunnel MTU in use.
     pub tunnel_mtu: u32,
+    /// Set when the CNI's pod MTU exceeds the tunnel MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_warning: Option<String>,
     /// Every remote node.
     pub peers: Vec<PeerStatus>,
 }

@@ -120,5 +120,8 @@ pub fn render(status: &AgentStatus, now: SystemTime) -> String {
     }
     out.push_str(&status.coverage_line());
     out.push('\n');
+    if let Some(warning) = &status.mtu_warning {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
     out
 }

@@ -198,10 +198,20 @@ impl Routing for AnyRouting {
         }
     }
 
-    async fn path_mtu(&mut self, dst: std::net::IpAddr) -> Result<u32, DatapathError> {
+    async fn path_mtu(&mut self, dst: std::net::IpAddr) -> Result<(String, u32), DatapathError> {
         match self {
             Self::Netlink(r) => r.path_mtu(dst).await,
             Self::Memory(r) => r.path_mtu(dst).await,
+        }
+    }
+
+    async fn pod_link_mtu(
+        &mut self,
+        exclude: &std::collections::BTreeSet<String>,
+    ) -> Result<Option<(String, u32)>, DatapathError> {
+        match self {
+            Self::Netlink(r) => r.pod_link_mtu(exclude).await,
+            Self::Memory(r) => r.pod_link_mtu(exclude).await,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! run many agents on one machine with them, and `--datapath memory` lets an
 //! operator watch what wireseal would program without touching the node.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -133,7 +134,14 @@ impl Routing for MemoryNode {
         Ok(())
     }
 
-    async fn path_mtu(&mut self, _dst: IpAddr) -> Result<u32, DatapathError> {
-        Ok(MEMORY_UNDERLAY_MTU)
+    async fn path_mtu(&mut self, _dst: IpAddr) -> Result<(String, u32), DatapathError> {
+        Ok(("memory0".to_owned(), MEMORY_UNDERLAY_MTU))
+    }
+
+    async fn pod_link_mtu(
+        &mut self,
+        _exclude: &BTreeSet<String>,
+    ) -> Result<Option<(String, u32)>, DatapathError> {
+        Ok(None)
     }
 }

@@ -9,7 +9,7 @@ pub mod netlink_routing;
 pub mod uapi;
 pub mod userspace;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::SystemTime;
@@ -97,7 +97,7 @@ pub struct RoutingObservation {
     /// Routes in wireseal's table.
     pub routes: BTreeMap<IpNetwork, RouteSpec>,
     /// wireseal's rules.
-    pub rules: std::collections::BTreeSet<RuleSpec>,
+    pub rules: BTreeSet<RuleSpec>,
 }
 
 /// The interface MTU, routes and policy rules, the same for both datapaths.
@@ -132,8 +132,18 @@ pub trait Routing: Send {
         phase: RoutingPhase,
     ) -> impl Future<Output = Result<(), DatapathError>> + Send;
 
-    /// The MTU of the path the kernel would use to reach `dst`.
-    fn path_mtu(&mut self, dst: IpAddr) -> impl Future<Output = Result<u32, DatapathError>> + Send;
+    /// The device and MTU of the path the kernel would use to reach `dst`.
+    fn path_mtu(
+        &mut self,
+        dst: IpAddr,
+    ) -> impl Future<Output = Result<(String, u32), DatapathError>> + Send;
+
+    /// The pod-facing link (veth or bridge, other than `exclude`) with the
+    /// largest MTU: what the CNI gave its pods.
+    fn pod_link_mtu(
+        &mut self,
+        exclude: &BTreeSet<String>,
+    ) -> impl Future<Output = Result<Option<(String, u32)>, DatapathError>> + Send;
 }
 
 /// The parts of a routing plan, in the order they are applied.

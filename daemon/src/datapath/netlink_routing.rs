@@ -1,6 +1,7 @@
 //! Routing through netlink: the tunnel interface's MTU, wireseal's table and
 //! its policy rules. The same for both datapaths.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use tracing::warn;
@@ -115,10 +116,30 @@ impl Routing for NetlinkRouting {
         }
     }
 
-    async fn path_mtu(&mut self, dst: IpAddr) -> Result<u32, DatapathError> {
+    async fn path_mtu(&mut self, dst: IpAddr) -> Result<(String, u32), DatapathError> {
         self.netlink
-            .underlay_mtu(dst, Some(self.fwmark))
+            .underlay_path(dst, Some(self.fwmark))
             .await
+            .map(|path| (path.dev, path.mtu))
             .map_err(|err| DatapathError::new(format!("looking up the path MTU to {dst}"), err))
+    }
+
+    async fn pod_link_mtu(
+        &mut self,
+        exclude: &BTreeSet<String>,
+    ) -> Result<Option<(String, u32)>, DatapathError> {
+        let links = self
+            .netlink
+            .links()
+            .await
+            .map_err(|err| DatapathError::new("listing links", err))?;
+        Ok(links
+            .into_values()
+            .filter(|link| {
+                matches!(link.kind.as_deref(), Some("veth" | "bridge"))
+                    && !exclude.contains(&link.name)
+            })
+            .map(|link| (link.name, link.mtu))
+            .max_by_key(|(name, mtu)| (*mtu, std::cmp::Reverse(name.clone()))))
     }
 }

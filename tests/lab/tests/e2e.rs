@@ -99,6 +99,28 @@ fn all_pods_connect_and_only_wireguard_crosses_the_wire() {
         let text = lab.status_text(i).unwrap();
         assert!(text.contains("2/2 peers encrypted"), "{text}");
     }
+    // The lab's pods have MTU 1500, above the tunnel's 1440: said loudly.
+    let warning = lab.status(0).unwrap().mtu_warning.expect("an MTU warning");
+    assert!(
+        warning.starts_with("pod link p0 has MTU 1500, above the tunnel MTU 1440"),
+        "{warning}"
+    );
+    assert!(
+        lab.status_text(0)
+            .unwrap()
+            .contains("warning: pod link p0 has MTU 1500")
+    );
+    // A CNI set to a fitting MTU silences it (the link change triggers a pass).
+    for pod in ["p0", "p1"] {
+        lab.network.nodes[0]
+            .ns
+            .ip(&["link", "set", pod, "mtu", "1400"])
+            .unwrap();
+    }
+    eventually(&lab, "the MTU warning clears", CONVERGE, |lab| {
+        lab.status(0).is_ok_and(|s| s.mtu_warning.is_none())
+    });
+
     // The datapath chosen by --datapath auto is published on the Node.
     let node = lab.apiserver().state().get_node("node-0").unwrap();
     let status = &node.metadata.annotations.unwrap()["wireseal.dev/status"];
