@@ -142,11 +142,17 @@ def ns_udp_counters(ns, port):
 
 
 def link_drops(ns, dev):
+    """rx/tx dropped of a device and the drops of its qdiscs."""
+    out = {"rx": 0, "tx": 0, "qdisc": 0}
     res = run(["ip", "-n", ns, "-s", "-j", "link", "show", "dev", dev], check=False)
-    if res.returncode != 0:
-        return 0
-    st = json.loads(res.stdout)[0].get("stats64", {})
-    return st.get("rx", {}).get("dropped", 0) + st.get("tx", {}).get("dropped", 0)
+    if res.returncode == 0:
+        st = json.loads(res.stdout)[0].get("stats64", {})
+        out["rx"] = st.get("rx", {}).get("dropped", 0)
+        out["tx"] = st.get("tx", {}).get("dropped", 0)
+    res = run(["tc", "-n", ns, "-s", "-j", "qdisc", "show", "dev", dev], check=False)
+    if res.returncode == 0 and res.stdout.strip():
+        out["qdisc"] = sum(q.get("drops", 0) for q in json.loads(res.stdout))
+    return out
 
 
 # ---------------------------------------------------------------- the lab
@@ -201,7 +207,8 @@ class Lab:
                                  start_new_session=True)
             logf.close()
             procs.append((side, p))
-            self.settings[impl] = shlex.join(cmd).replace(ifname, "<if>")
+            self.settings[impl] = shlex.join(cmd).replace(ifname, "<if>").replace(
+                self.tmp, "<tmpdir>")
         self.daemons[impl] = procs
         keys = {}
         for side, ns in (("a", NS_A), ("b", NS_B)):
@@ -357,7 +364,13 @@ def measure(lab, impl, test, rnd, secs, outdir, ping_count):
         "udp_rcvbuf_errors": sum(after_udp[s][0] - before["udp"][s][0] for s in "ab"),
         "tunnel_socket_drops": (sum(after_udp[s][1] - before["udp"][s][1] for s in "ab")
                                 if port else None),
-        "tun_drops": (sum(after_tun[s] - before["tun"][s] for s in "ab") if tun else None),
+        "tun_drops": (sum(after_tun[s][k] - before["tun"][s][k] for s in "ab"
+                          for k in ("rx", "tx")) if tun else None),
+        "tun_drops_detail": ({s: {k: after_tun[s][k] - before["tun"][s][k]
+                                  for k in ("rx", "tx", "qdisc")} for s in "ab"}
+                             if tun else None),
+        "tunnel_socket_drops_detail": ({s: after_udp[s][1] - before["udp"][s][1] for s in "ab"}
+                                       if port else None),
     }
     base = os.path.join(outdir, "runs", f"r{rnd}-{test}-{impl}")
     if test == "ping":
@@ -441,16 +454,18 @@ def versions(args):
     dpkg = run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "iperf3",
                 "wireguard-tools", "wireguard-go", "iproute2", "iputils-ping"],
                check=False).stdout.split("\n")
-    git = first_line(["git", "-C", REPO, "rev-parse", "HEAD"])
-    dirty = run(["git", "-C", REPO, "status", "--porcelain", "--", "daemon", "Cargo.lock",
-                 "Cargo.toml"], check=False).stdout.strip()
+    paths = ["daemon/tunnel", "Cargo.lock", "Cargo.toml"]
+    git = first_line(["git", "-C", REPO, "log", "-1", "--format=%H", "--", *paths])
+    dirty = run(["git", "-C", REPO, "status", "--porcelain", "--", *paths],
+                check=False).stdout.strip()
     return {
         "iperf3": first_line(["iperf3", "--version"]),
         "wg": first_line(["wg", "--version"]),
         "wireguard-go": first_line([args.wireguard_go, "--version"]),
         "boringtun-cli": first_line([args.boringtun, "--version"]),
         "rustc": first_line(["rustc", "--version"]),
-        "wireseal-tunnel": f"{args.wireseal} (git {git}{', dirty' if dirty else ''})",
+        "wireseal-tunnel": f"{args.wireseal}, release build of the last commit touching "
+                           f"daemon/tunnel or Cargo.* {git}{' (dirty)' if dirty else ''}",
         "debian-packages": [d for d in dpkg if d],
         "python": platform.python_version(),
     }
@@ -706,7 +721,9 @@ def summarize(outdir):
     L.append("Datapath daemons (one per namespace, foreground, started once and kept for "
              "the whole run):\n")
     for i, c in meta["settings"].items():
-        L.append(f"* {LABEL[i]}: `ip netns exec <ns> {c}`")
+        note = " (its defaults otherwise: `--threads 1 --tun-offload true`)" \
+            if i == "wireseal" else ""
+        L.append(f"* {LABEL[i]}: `ip netns exec <ns> {c}`{note}")
     L.append("\nConfiguration with Debian's `wg` through each daemon's UAPI socket in "
              f"`{UAPI_DIR}`: `wg set <if> listen-port <port> private-key <key> peer <pub> "
              "allowed-ips <peer>/32 endpoint <peer underlay>:<port>`; `ip addr add <own>/32 dev "
