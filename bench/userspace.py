@@ -54,6 +54,8 @@ LABEL = {
     "udp": "UDP",
 }
 
+NOTES = "## Observations (hand-written)"  # kept by --report
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -486,6 +488,12 @@ def fmt(x, nd=0):
     return f"{x:,.{nd}f}"
 
 
+def tun_cell(e):
+    if e.get("tun_a") is None:
+        return fmt(e["tun_drops"])
+    return f"{fmt(e['tun_drops'])} ({fmt(e['tun_a'])} / {fmt(e['tun_b'])})"
+
+
 def loss(x):
     return "–" if x is None else f"{x:.1f} %"
 
@@ -566,6 +574,10 @@ def summarize(outdir):
                 "rcvbuf": med([r.get("udp_rcvbuf_errors") for r in rs]),
                 "sock_drops": med([r.get("tunnel_socket_drops") for r in rs]),
                 "tun_drops": med([r.get("tun_drops") for r in rs]),
+                "tun_a": med([r["tun_drops_detail"]["a"]["rx"] + r["tun_drops_detail"]["a"]["tx"]
+                              for r in rs if r.get("tun_drops_detail")]),
+                "tun_b": med([r["tun_drops_detail"]["b"]["rx"] + r["tun_drops_detail"]["b"]["tx"]
+                              for r in rs if r.get("tun_drops_detail")]),
             }
     veth_eff = {}
     for t in tests:
@@ -668,10 +680,12 @@ def summarize(outdir):
              "processes since start. Retransmits from iperf3 (sender); RcvbufErrors = "
              "`Udp`+`Udp6` `RcvbufErrors` of both namespaces (includes iperf3's own UDP "
              "socket); socket drops = `drops` column of `/proc/net/udp{,6}` for the tunnel's "
-             "UDP port only; UDP loss = iperf3's lost datagrams; TUN drops = rx+tx dropped of both TUN devices.\n")
+             "UDP port only; UDP loss = iperf3's lost datagrams; TUN drops = rx+tx dropped "
+             "of both TUN devices (a / b in brackets; a's are packets the sending datapath "
+             "did not read in time; qdisc drops are in the raw records).\n")
     L.append("| datapath | test | CPU a (sender) | CPU b (receiver) | machine | Mbit/s per "
              "core | RSS a / b (MiB) | HWM (MiB) | TCP retr | UDP loss | RcvbufErrors | "
-             "tunnel socket drops | TUN drops |")
+             "tunnel socket drops | TUN drops (a / b) |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in tests:
         if t == "ping":
@@ -691,7 +705,7 @@ def summarize(outdir):
                      f"{fmt(e['hwm'] / 1024 if e['hwm'] else None, 1)} | "
                      f"{fmt(e['retransmits'])} | {loss(e['udp_loss'])} | {fmt(e['rcvbuf'])} | "
                      f"{fmt(e['sock_drops'])} | "
-                     f"{fmt(e['tun_drops'])} |")
+                     f"{tun_cell(e)} |")
     L.append("")
     L.append("## Machine and load\n")
     m = meta["machine"]
@@ -738,8 +752,15 @@ def summarize(outdir):
         seen.add(r["test"])
         L.append(f"* {LABEL[r['test']]}: `{r['cmd']}`")
     L.append("")
-    with open(os.path.join(outdir, "README.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(L))
+    readme = os.path.join(outdir, "README.md")
+    notes = ""
+    if os.path.exists(readme):  # keep hand-written notes when re-rendering (--report)
+        with open(readme, encoding="utf-8") as f:
+            old = f.read()
+        if NOTES in old:
+            notes = "\n" + NOTES + old.split(NOTES, 1)[1]
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write("\n".join(L) + notes)
     return "\n".join(L)
 
 
