@@ -93,7 +93,8 @@ die() {
 }
 
 # VMLAB_HOLD=SECONDS keeps the VMs up after a failure, for a look inside:
-#   printf 'CMD\n' >build/vmlab/run/vm1.ctl.in; tail build/vmlab/run/vm1.ctl.log
+#   printf 'CMD\n' >build/vmlab/run/vm1.dbg.in; tail build/vmlab/run/vm1.dbg.log
+# (the rescue shell on ttyS1; vm1.ctl.* is the control shell, on virtio-serial)
 # Creating build/vmlab/run/release ends the wait.
 hold() {
     [ -n "${VMLAB_HOLD:-}" ] && [ ${#QEMU_PID[@]} -gt 0 ] || return 0
@@ -264,7 +265,7 @@ copy_with_libs() {
 
 GUEST_TOOLS=(bash ip wg ping iperf3 kmod)
 CA_FILE=/etc/ssl/certs/ca-certificates.crt
-GUEST_MODULES=(virtio_pci virtio_net virtio_rng veth wireguard tun)
+GUEST_MODULES=(virtio_pci virtio_net virtio_rng virtio_console veth wireguard tun)
 
 # The base initramfs: rebuilt only when the kernel, the guest tools, the module
 # list or guest-init.sh change.
@@ -422,7 +423,9 @@ start_vm() {
         -m "$VM_MEM" -smp 1 -nodefaults -display none -no-reboot \
         -kernel "$KERNEL" -initrd "$RUN/initrd" \
         -append "console=ttyS0,115200 panic=-1 quiet wsv.name=node-$n wsv.ip=$(node_ip "$n")/24" \
-        -serial "file:$base.console" -serial "pipe:$base.ctl" -serial "pipe:$base.dbg" \
+        -serial "file:$base.console" -serial "pipe:$base.dbg" \
+        -device virtio-serial-pci -chardev "pipe,id=ctl,path=$base.ctl" \
+        -device virtserialport,chardev=ctl,name=wsv.ctl \
         -netdev "tap,id=n0,ifname=wsv-t$n,script=no,downscript=no" \
         -device "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0$n" \
         -device virtio-rng-pci \
@@ -456,16 +459,24 @@ wait_vm_ready() {
     vm_exec "$n" 20 'echo hello' || die "the control shell of node-$n does not answer: $OUT"
 }
 
-# vm_exec VM TIMEOUT COMMAND: runs COMMAND in bash inside the VM; sets OUT (its
-# stdout+stderr) and RC, returns RC. 124 when it did not finish in time.
+# vm_exec VM TIMEOUT COMMAND: runs COMMAND in a bash subshell inside the VM; sets
+# OUT (its stdout+stderr) and RC, returns RC. 124 when it did not finish in time,
+# 125 when the VM is gone, 126 when its control shell ended.
 vm_exec() {
     local n=$1 limit=$2 cmd=$3 log="$RUN/vm$1.ctl.log" start seq deadline
     SEQ=$((SEQ + 1))
     seq=$SEQ
     start=$(stat -c %s "$log")
-    printf '{\n%s\n} </dev/null 2>&1; echo; echo "@@RC %s $?"\n' "$cmd" "$seq" >&"${CTL_FD[$n]}"
+    # A subshell: options (set -e) and variables of one command do not leak into
+    # the next.
+    printf '(\n%s\n) </dev/null 2>&1; echo; echo "@@RC %s $?"\n' "$cmd" "$seq" >&"${CTL_FD[$n]}"
     deadline=$(($(date +%s) + limit))
     while :; do
+        if grep -q WSV-CTL-EXIT "$RUN/vm$n.console"; then
+            OUT="the control shell of node-$n ended: $(grep WSV-CTL-EXIT "$RUN/vm$n.console" | head -n2 | tr '\n' ' ')"
+            RC=126
+            return 126
+        fi
         if tail -c +"$((start + 1))" "$log" | grep -q "^@@RC $seq "; then
             OUT=$(tail -c +"$((start + 1))" "$log" | sed "/^@@RC $seq /,\$d")
             RC=$(tail -c +"$((start + 1))" "$log" | sed -n "s/^@@RC $seq \([0-9]*\).*/\1/p" | head -n1)
