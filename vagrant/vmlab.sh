@@ -25,6 +25,7 @@ REPO=$(cd "$SELF_DIR/.." && pwd)
 WORK="$REPO/build/vmlab"
 RUN="$WORK/run"
 BIN_DIR="${WIRESEAL_BIN_DIR:-$REPO/target/debug}"
+TUNNEL_BIN="${WIRESEAL_TUNNEL_BIN:-$BIN_DIR/wireseal-tunnel}"
 
 # The lab's addresses. The underlay is a benchmarking range (RFC 2544), the pod
 # CIDRs are flannel's defaults.
@@ -65,6 +66,9 @@ Options:
   --keep-logs       keep build/vmlab/run/ even when everything passes
 Environment:
   WIRESEAL_BIN_DIR  where wireseal, wireseal-tunnel and fake-apiserver are (target/debug)
+  WIRESEAL_TUNNEL_BIN  the wireseal-tunnel --bench runs (e.g. target/release/wireseal-tunnel
+                    from 'cargo build --release -p wireseal-tunnel'; not built for the host CPU)
+  VMLAB_HOLD        seconds to keep the VMs up after a failure, for a look inside
 EOF
 }
 
@@ -107,7 +111,7 @@ hold() {
 
 teardown() {
     local rc=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM USR1
     set +e
     local fd
     for fd in "${CTL_FD[@]}"; do
@@ -138,12 +142,13 @@ teardown() {
     exit "$rc"
 }
 
-on_signal() {
+on_signal() { # on_signal WHAT EXIT-STATUS
     say "$1: stopping every VM and process of this run"
-    exit 130
+    exit "$2"
 }
 
-# A watchdog bounds the whole run: it sends TERM to this shell, whose trap tears down.
+# A watchdog bounds the whole run: it sends USR1 to this shell, whose trap tears
+# down and exits with 124, as timeout(1) does.
 start_watchdog() {
     (
         sleep "$TIME_LIMIT" &
@@ -151,7 +156,7 @@ start_watchdog() {
         trap 'kill "$sp" 2>/dev/null; exit 0' TERM
         wait "$sp"
         echo "[vmlab] ERROR: the run exceeded --timeout $TIME_LIMIT s" >&2
-        kill -TERM $$
+        kill -USR1 $$
     ) &
     PIDS+=($!)
 }
@@ -194,9 +199,12 @@ install_tools() {
 
 check_binaries() {
     local b
-    for b in wireseal wireseal-tunnel fake-apiserver; do
+    for b in wireseal fake-apiserver; do
         [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b is missing: run 'cargo build --bins' in $REPO (or set WIRESEAL_BIN_DIR)"
     done
+    if [ "$BENCH" -eq 1 ] && [ ! -x "$TUNNEL_BIN" ]; then
+        die "$TUNNEL_BIN is missing (--bench runs the userspace datapath): cargo build --bins, or set WIRESEAL_TUNNEL_BIN"
+    fi
 }
 
 # Resolves the cloud kernel from the metapackage, downloads and unpacks it once,
@@ -220,6 +228,9 @@ fetch_kernel() {
     fi
     KDEB=$deb
     KDIR="$WORK/kernel-$KVER"
+    # Only the current kernel stays cached.
+    find "$WORK" -maxdepth 1 \( -name 'linux-image-*.deb' ! -name "$(basename "$deb")" \
+        -o -name 'kernel-*' ! -name "kernel-$KVER" \) -exec rm -rf {} +
     if [ ! -f "$KDIR/.done" ]; then
         say "unpacking $(basename "$deb")"
         rm -rf "$KDIR"
@@ -323,13 +334,14 @@ build_base() {
 
 # The per-run archive, appended to the base one: later files win.
 build_run_cpio() {
-    local root="$RUN/run-root" b bins=(wireseal)
-    [ "$BENCH" -eq 1 ] && bins+=(wireseal-tunnel)
+    local root="$RUN/run-root" b src
     mkdir -p "$root/etc/wsv" "$root/usr/bin"
-    for b in "${bins[@]}"; do
+    for b in wireseal wireseal-tunnel; do
+        src="$BIN_DIR/$b"
+        [ "$b" = wireseal-tunnel ] && { [ "$BENCH" -eq 1 ] || continue; src=$TUNNEL_BIN; }
         # Debug info off (the binaries stay the same build): halves their size in
         # the guests' 256 MiB.
-        objcopy --strip-debug "$BIN_DIR/$b" "$RUN/$b" || die "objcopy --strip-debug $BIN_DIR/$b failed"
+        objcopy --strip-debug "$src" "$RUN/$b" || die "objcopy --strip-debug $src failed"
         copy_with_libs "$root" "$RUN/$b" "/usr/bin/$b"
         rm -f "$RUN/$b"
     done
@@ -625,8 +637,9 @@ main() {
     need_root
     mkdir -p "$WORK"
     trap teardown EXIT
-    trap 'on_signal SIGINT' INT
-    trap 'on_signal SIGTERM' TERM
+    trap 'on_signal SIGINT 130' INT
+    trap 'on_signal SIGTERM 143' TERM
+    trap 'on_signal timeout 124' USR1
     start_watchdog
     install_tools
     check_binaries
@@ -764,10 +777,10 @@ true" || true
         iperf 1 plain
         BENCH_PLAIN=$MBPS
         bench_userspace
-        say "throughput ($ACCEL, 1 vCPU per VM, iperf3 TCP 3 s, pod to pod, debug build of wireseal):"
+        say "throughput ($ACCEL, 1 vCPU per VM, iperf3 TCP 3 s, pod to pod; wireseal-tunnel: $TUNNEL_BIN):"
         printf '    plain (host-gw)              %6s Mbit/s\n' "$BENCH_PLAIN"
         printf '    kernel WireGuard (wireseal)  %6s Mbit/s  %s of plain\n' "$BENCH_WG" "$(ratio "$BENCH_WG" "$BENCH_PLAIN")"
-        printf '    userspace wireseal-tunnel    %6s Mbit/s  %s of plain, %s of kernel\n' "$BENCH_US" \
+        printf '    userspace (wireseal-tunnel)  %6s Mbit/s  %s of plain, %s of kernel\n' "$BENCH_US" \
             "$(ratio "$BENCH_US" "$BENCH_PLAIN")" "$(ratio "$BENCH_US" "$BENCH_WG")"
     fi
 
@@ -789,10 +802,10 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 bench_userspace() {
     local n
     for n in "${NODES[@]}"; do
-        vm_must "$n" 20 "mkdir -p /var/run/wireguard
+        vm_must "$n" 20 "modprobe tun && mkdir -p /var/run/wireguard
 NO_COLOR=1 WIRESEAL_LOG=info wireseal agent --datapath userspace --spawn-tunnel /usr/bin/wireseal-tunnel \
   --node-name node-$n --kubeconfig /etc/wsv/kubeconfig --state-dir /var/lib/wireseal --resync-interval 5 \
-  >>/var/log/agent-userspace.log 2>&1 &
+  >>/var/log/agent.log 2>&1 &
 echo \$! >/run/agent.pid"
     done
     if wait_encrypted 120; then
