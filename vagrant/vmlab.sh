@@ -1,0 +1,835 @@
+#!/usr/bin/env bash
+# Commands for the guests are single-quoted on purpose: they expand inside the VM.
+# shellcheck disable=SC2016
+# wireseal VM lab: proves the agent's kernel WireGuard datapath in two small qemu VMs.
+#
+#   sudo vagrant/vmlab.sh [--no-install] [--bench] [--timeout SECONDS] [--keep-logs]
+#
+# As root on Debian 12 (bookworm). It installs its tools from Debian's packages,
+# fetches Debian's cloud kernel (linux-image-cloud-amd64), builds a cached base
+# initramfs (busybox, bash, iproute2, wireguard-tools, iputils-ping, iperf3, kmod
+# and the kernel modules the lab needs) under build/vmlab/, appends a per-run cpio
+# with the workspace's debug `wireseal` binary and a kubeconfig, and boots two VMs
+# on a bridge inside a network namespace created for the run, where the fake
+# apiserver also runs. Then it runs the end-to-end assertions against kernel
+# WireGuard and prints a PASS/FAIL summary; the exit status is non-zero on failure.
+# Everything it starts is stopped at the end, on failure, on Ctrl-C and on timeout.
+#
+# See vagrant/README.md for the topology and the reasons behind it.
+
+set -euo pipefail
+shopt -s inherit_errexit
+
+SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SELF_DIR/.." && pwd)
+WORK="$REPO/build/vmlab"
+RUN="$WORK/run"
+BIN_DIR="${WIRESEAL_BIN_DIR:-$REPO/target/debug}"
+TUNNEL_BIN="${WIRESEAL_TUNNEL_BIN:-$BIN_DIR/wireseal-tunnel}"
+
+# The lab's addresses. The underlay is a benchmarking range (RFC 2544), the pod
+# CIDRs are flannel's defaults.
+UNDERLAY_PREFIX=198.19.0
+HOST_IP="$UNDERLAY_PREFIX.1"
+API_PORT=6443
+WG_PORT=51830
+WG_TABLE=51830
+WG_IFACE=wireseal0
+NODES=(1 2)
+CANARY='WIRESEAL-CANARY!'
+VM_MEM=256
+
+INSTALL=1
+BENCH=0
+TIME_LIMIT=600
+KEEP_LOGS=0
+
+NS="wsv-$$"
+BRIDGE=wsv-br0
+PIDS=()          # every background process this run started
+declare -A QEMU_PID CTL_FD
+RESULTS=()
+FAILED=0
+SEQ=0
+OUT=""
+RC=0
+T0=$(date +%s)
+
+usage() {
+    sed -n "4,18p" "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    cat <<'EOF'
+Options:
+  --no-install      do not apt-get install missing tools (fail naming them instead)
+  --bench           also measure iperf3 pod-to-pod throughput: plain, kernel WireGuard,
+                    wireseal's userspace datapath (under TCG: emulation-bound ratios)
+  --timeout SECONDS bound on the whole run (default 600)
+  --keep-logs       keep build/vmlab/run/ even when everything passes
+Environment:
+  WIRESEAL_BIN_DIR  where wireseal, wireseal-tunnel and fake-apiserver are (target/debug)
+  WIRESEAL_TUNNEL_BIN  the wireseal-tunnel --bench runs (e.g. target/release/wireseal-tunnel
+                    from 'cargo build --release -p wireseal-tunnel'; not built for the host CPU)
+  VMLAB_HOLD        seconds to keep the VMs up after a failure, for a look inside
+EOF
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-install) INSTALL=0 ;;
+        --bench) BENCH=1 ;;
+        --timeout)
+            [ $# -ge 2 ] || { echo "vmlab: --timeout needs a number of seconds" >&2; exit 2; }
+            TIME_LIMIT=$2
+            shift
+            ;;
+        --keep-logs) KEEP_LOGS=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "vmlab: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ "$TIME_LIMIT" =~ ^[0-9]+$ ]] || { echo "vmlab: --timeout '$TIME_LIMIT' is not a number of seconds" >&2; exit 2; }
+
+say() { printf '[vmlab %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
+die() {
+    printf '[vmlab %4ds] ERROR: %s\n' "$(($(date +%s) - T0))" "$*" >&2
+    hold
+    exit 1
+}
+
+# VMLAB_HOLD=SECONDS keeps the VMs up after a failure, for a look inside:
+#   printf 'CMD\n' >build/vmlab/run/vm1.dbg.in; tail build/vmlab/run/vm1.dbg.log
+# (the rescue shell on ttyS1; vm1.ctl.* is the control shell, on virtio-serial)
+# Creating build/vmlab/run/release ends the wait.
+hold() {
+    [ -n "${VMLAB_HOLD:-}" ] && [ ${#QEMU_PID[@]} -gt 0 ] || return 0
+    echo "vmlab: holding the VMs up to $VMLAB_HOLD s (touch $RUN/release to end)" >&2
+    local end=$(($(date +%s) + VMLAB_HOLD))
+    while [ ! -e "$RUN/release" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 1; done
+}
+
+# ---------------------------------------------------------------- teardown ----
+
+teardown() {
+    local rc=$?
+    trap - EXIT INT TERM USR1
+    set +e
+    local fd
+    for fd in "${CTL_FD[@]}"; do
+        exec {fd}>&-
+    done
+    # Reverse order: VMs, captures and the apiserver, then the readers.
+    local i pid
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        pid=${PIDS[i]}
+        kill "$pid" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if ip netns list 2>/dev/null | grep -qw "^$NS"; then
+        ip netns del "$NS"
+    fi
+    if [ "$rc" -ne 0 ] && [ -d "$RUN" ]; then
+        echo "vmlab: logs of this run are in $RUN (console, control shell, agents, apiserver)" >&2
+    elif [ "$KEEP_LOGS" -eq 0 ] && [ -d "$RUN" ]; then
+        rm -rf "$RUN"
+    fi
+    exit "$rc"
+}
+
+on_signal() { # on_signal WHAT EXIT-STATUS
+    say "$1: stopping every VM and process of this run"
+    exit "$2"
+}
+
+# A watchdog bounds the whole run: it sends USR1 to this shell, whose trap tears
+# down and exits with 124, as timeout(1) does.
+start_watchdog() {
+    (
+        sleep "$TIME_LIMIT" &
+        sp=$!
+        trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+        wait "$sp"
+        echo "[vmlab] ERROR: the run exceeded --timeout $TIME_LIMIT s" >&2
+        kill -USR1 $$
+    ) &
+    PIDS+=($!)
+}
+
+# ------------------------------------------------------------------- setup ----
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "run as root (network namespace, taps, bridge): sudo $0"
+}
+
+# tool → Debian package
+declare -A TOOL_PKG=(
+    [qemu-system-x86_64]=qemu-system-x86 [busybox]=busybox-static [ip]=iproute2
+    [wg]=wireguard-tools [iperf3]=iperf3 [ping]=iputils-ping [kmod]=kmod [depmod]=kmod
+    [cpio]=cpio [lz4]=lz4 [tcpdump]=tcpdump [bash]=bash [dpkg-deb]=dpkg
+    [apt-get]=apt [update-ca-certificates]=ca-certificates [objcopy]=binutils [gzip]=gzip [sha256sum]=coreutils [ldd]=libc-bin
+)
+
+install_tools() {
+    local missing=() pkgs=() tool
+    for tool in "${!TOOL_PKG[@]}"; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
+    # busybox must be the static build: it runs in the guest without libraries.
+    if command -v busybox >/dev/null 2>&1 && ldd "$(command -v busybox)" >/dev/null 2>&1; then
+        missing+=(busybox)
+    fi
+    [ ${#missing[@]} -eq 0 ] && return 0
+    for tool in "${missing[@]}"; do pkgs+=("${TOOL_PKG[$tool]}"); done
+    mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
+    if [ "$INSTALL" -eq 0 ]; then
+        die "missing tools: ${missing[*]} (apt-get install --no-install-recommends ${pkgs[*]})"
+    fi
+    say "installing ${pkgs[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >"$WORK/apt.log" 2>&1 ||
+        { apt-get update >>"$WORK/apt.log" 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >>"$WORK/apt.log" 2>&1; } ||
+        die "apt-get install ${pkgs[*]} failed; see $WORK/apt.log"
+}
+
+check_binaries() {
+    local b
+    for b in wireseal fake-apiserver; do
+        [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b is missing: run 'cargo build --bins' in $REPO (or set WIRESEAL_BIN_DIR)"
+    done
+    if [ "$BENCH" -eq 1 ] && [ ! -x "$TUNNEL_BIN" ]; then
+        die "$TUNNEL_BIN is missing (--bench runs the userspace datapath): cargo build --bins, or set WIRESEAL_TUNNEL_BIN"
+    fi
+}
+
+# Resolves the cloud kernel from the metapackage, downloads and unpacks it once,
+# extracts an uncompressed vmlinux (PVH entry: no decompression under TCG).
+fetch_kernel() {
+    local pkg deb
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    if [ -z "$pkg" ]; then
+        apt-get update >"$WORK/apt.log" 2>&1 || die "apt-get update failed; see $WORK/apt.log"
+        pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    fi
+    [ -n "$pkg" ] || die "cannot resolve linux-image-cloud-amd64 to a kernel package (apt-cache depends)"
+    KVER=${pkg#linux-image-}
+    deb=$(find "$WORK" -maxdepth 1 -name "${pkg}_*_amd64.deb" | head -n1)
+    if [ -z "$deb" ]; then
+        say "downloading $pkg"
+        (cd "$WORK" && apt-get download "$pkg" >"$WORK/download.log" 2>&1) ||
+            die "apt-get download $pkg failed; see $WORK/download.log"
+        deb=$(find "$WORK" -maxdepth 1 -name "${pkg}_*_amd64.deb" | head -n1)
+        [ -n "$deb" ] || die "apt-get download $pkg left no .deb in $WORK"
+    fi
+    KDEB=$deb
+    KDIR="$WORK/kernel-$KVER"
+    # Only the current kernel stays cached.
+    find "$WORK" -maxdepth 1 \( -name 'linux-image-*.deb' ! -name "$(basename "$deb")" \
+        -o -name 'kernel-*' ! -name "kernel-$KVER" \) -exec rm -rf {} +
+    if [ ! -f "$KDIR/.done" ]; then
+        say "unpacking $(basename "$deb")"
+        rm -rf "$KDIR"
+        mkdir -p "$KDIR"
+        dpkg-deb -x "$deb" "$KDIR/root" || die "dpkg-deb -x $deb failed"
+        depmod -b "$KDIR/root" "$KVER" || die "depmod -b $KDIR/root $KVER failed"
+        extract_vmlinux "$KDIR/root/boot/vmlinuz-$KVER" "$KDIR/vmlinux"
+        touch "$KDIR/.done"
+    fi
+    KERNEL="$KDIR/vmlinux"
+    [ -s "$KERNEL" ] || KERNEL="$KDIR/root/boot/vmlinuz-$KVER"
+}
+
+# Debian's 6.1 kernels are LZ4-compressed: find the first LZ4 frame and unpack it.
+# Falls back to the bzImage (qemu decompresses it, about a second slower).
+extract_vmlinux() {
+    local src=$1 dst=$2 off
+    off=$(LC_ALL=C grep -obUaP '\x02\x21\x4c\x18' "$src" | head -n1 | cut -d: -f1 || true)
+    if [ -n "$off" ]; then
+        tail -c +"$((off + 1))" "$src" | lz4 -dc >"$dst" 2>/dev/null || true
+    fi
+    if [ "$(head -c 4 "$dst" 2>/dev/null | od -An -c | tr -d ' ')" != '177ELF' ]; then
+        say "no LZ4 vmlinux inside $(basename "$src"); booting the compressed image"
+        rm -f "$dst"
+    fi
+}
+
+# Copies a binary and the libraries ldd names into the root $1, at their paths.
+copy_with_libs() {
+    local root=$1 bin=$2 dest=${3:-$2} lib
+    mkdir -p "$root$(dirname "$dest")"
+    cp -L "$bin" "$root$dest"
+    # /lib is a symlink to usr/lib in the guest; an appended archive holding a real
+    # /lib directory would replace it, so libraries go to /usr/lib directly.
+    while read -r lib; do
+        local to=$lib
+        [[ "$lib" == /lib/* ]] && to=/usr$lib
+        [ -e "$root$to" ] && continue
+        mkdir -p "$root$(dirname "$to")"
+        cp -L "$lib" "$root$to"
+    done < <(ldd "$bin" 2>/dev/null | awk '/=> \// {print $3} /^\t\/lib/ {print $1}')
+}
+
+GUEST_TOOLS=(bash ip wg ping iperf3 kmod)
+CA_FILE=/etc/ssl/certs/ca-certificates.crt
+GUEST_MODULES=(virtio_pci virtio_net virtio_rng virtio_console veth wireguard tun)
+
+# The base initramfs: rebuilt only when the kernel, the guest tools, the module
+# list or guest-init.sh change.
+build_base() {
+    local manifest stamp root t m
+    manifest=$(
+        echo "layout 1"  # bump when build_base itself changes
+        echo "kernel $(basename "$KDEB")"
+        echo "modules ${GUEST_MODULES[*]}"
+        sha256sum "$SELF_DIR/guest-init.sh" "$(readlink -f "$(command -v busybox)")" "$CA_FILE"
+        for t in "${GUEST_TOOLS[@]}"; do sha256sum "$(readlink -f "$(command -v "$t")")"; done
+    )
+    stamp=$(sha256sum <<<"$manifest" | cut -c1-16)
+    BASE="$WORK/base-$stamp.cpio.lz4"
+    [ -s "$BASE" ] && { say "base initramfs cached: $(basename "$BASE")"; return 0; }
+    say "building the base initramfs"
+    root="$WORK/base-root"
+    rm -rf "$root"
+    mkdir -p "$root"/{usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,lib64,bb,etc,proc,sys,dev,run,tmp,var}
+    ln -s usr/bin "$root/bin"
+    ln -s usr/sbin "$root/sbin"
+    ln -s usr/lib "$root/lib"
+    ln -s ../run "$root/var/run"
+    cp "$(readlink -f "$(command -v busybox)")" "$root/usr/bin/busybox"
+    for t in $("$root/usr/bin/busybox" --list); do ln -s ../usr/bin/busybox "$root/bb/$t"; done
+    for t in "${GUEST_TOOLS[@]}"; do
+        copy_with_libs "$root" "$(readlink -f "$(command -v "$t")")" "/usr/bin/$t"
+    done
+    for t in modprobe insmod rmmod lsmod depmod modinfo; do ln -s ../bin/kmod "$root/usr/sbin/$t"; done
+    ln -s ../bin/ip "$root/usr/sbin/ip"
+    # Modules and their dependencies, as modules.dep lists them.
+    for m in "${GUEST_MODULES[@]}"; do
+        modprobe -d "$KDIR/root" -S "$KVER" --show-depends "$m" ||
+            die "module $m (or a dependency) is missing from $(basename "$KDEB")"
+    done | awk '$1 == "insmod" {print $2}' | sort -u | while read -r m; do
+        t=${m#"$KDIR/root"}
+        mkdir -p "$root$(dirname "$t")"
+        cp "$m" "$root$t"
+    done
+    cp "$KDIR/root/lib/modules/$KVER/modules.builtin"* "$KDIR/root/lib/modules/$KVER/modules.order" \
+        "$root/lib/modules/$KVER/"
+    depmod -b "$root" "$KVER" || die "depmod of the initramfs modules failed"
+    install -m 0755 "$SELF_DIR/guest-init.sh" "$root/init"
+    # The agent's HTTP client loads the system's CA store even for plain HTTP.
+    mkdir -p "$root/etc/ssl/certs"
+    cp "$CA_FILE" "$root/etc/ssl/certs/ca-certificates.crt"
+    printf 'root:x:0:0:root:/root:/usr/bin/bash\n' >"$root/etc/passwd"
+    printf 'root:x:0:\n' >"$root/etc/group"
+    (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | lz4 -l -9 -q >"$BASE.tmp" ||
+        die "packing the base initramfs failed"
+    mv "$BASE.tmp" "$BASE"
+    find "$WORK" -maxdepth 1 -name 'base-*.cpio.*' ! -name "$(basename "$BASE")" -delete
+    rm -rf "$root"
+    say "base initramfs: $(basename "$BASE") ($(du -h "$BASE" | cut -f1))"
+}
+
+# The per-run archive, appended to the base one: later files win.
+build_run_cpio() {
+    local root="$RUN/run-root" b src
+    mkdir -p "$root/etc/wsv" "$root/usr/bin"
+    for b in wireseal wireseal-tunnel; do
+        src="$BIN_DIR/$b"
+        [ "$b" = wireseal-tunnel ] && { [ "$BENCH" -eq 1 ] || continue; src=$TUNNEL_BIN; }
+        # Debug info off (the binaries stay the same build): halves their size in
+        # the guests' 256 MiB.
+        objcopy --strip-debug "$src" "$RUN/$b" || die "objcopy --strip-debug $src failed"
+        copy_with_libs "$root" "$RUN/$b" "/usr/bin/$b"
+        rm -f "$RUN/$b"
+    done
+    cp "$RUN/kubeconfig" "$root/etc/wsv/kubeconfig"
+    (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | lz4 -l -q >"$RUN/run.cpio.lz4" ||
+        die "packing the per-run initramfs failed"
+    cat "$BASE" "$RUN/run.cpio.lz4" >"$RUN/initrd"
+    rm -rf "$root"
+}
+
+# ----------------------------------------------------------------- network ----
+
+net_up() {
+    ip netns add "$NS" || die "ip netns add $NS failed"
+    ns() { ip netns exec "$NS" "$@"; }
+    ns sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    ns ip link set lo up
+    ns ip link add "$BRIDGE" type bridge || die "creating bridge $BRIDGE in $NS failed"
+    ns ip addr add "$HOST_IP/24" dev "$BRIDGE"
+    ns ip link set "$BRIDGE" up
+    local n
+    for n in "${NODES[@]}"; do
+        ns ip tuntap add dev "wsv-t$n" mode tap || die "creating tap wsv-t$n in $NS failed"
+        ns ip link set "wsv-t$n" master "$BRIDGE"
+        ns ip link set "wsv-t$n" up
+    done
+}
+
+node_ip() { echo "$UNDERLAY_PREFIX.1$1"; }
+pod_cidr() { echo "10.244.$1.0/24"; }
+pod_ip() { echo "10.244.$1.2"; }
+pod_gw() { echo "10.244.$1.1"; }
+
+write_nodes() {
+    local n
+    for n in "${NODES[@]}"; do
+        cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-$n
+  labels:
+    kubernetes.io/hostname: node-$n
+spec:
+  podCIDR: $(pod_cidr "$n")
+  podCIDRs: [$(pod_cidr "$n")]
+status:
+  addresses:
+  - {type: InternalIP, address: $(node_ip "$n")}
+  - {type: Hostname, address: node-$n}
+EOF
+    done >"$RUN/nodes.yaml"
+}
+
+# The fake apiserver runs in the run's namespace, on the bridge address: the VMs
+# reach it over the underlay as nodes reach a real apiserver, and it stays out of
+# the VMs' 256 MiB.
+start_apiserver() {
+    write_nodes
+    ip netns exec "$NS" "$BIN_DIR/fake-apiserver" --listen "$HOST_IP:$API_PORT" \
+        --nodes "$RUN/nodes.yaml" --kubeconfig-out "$RUN/kubeconfig" \
+        >"$RUN/apiserver.out" 2>"$RUN/apiserver.log" &
+    PIDS+=($!)
+    local pid=$! deadline=$(($(date +%s) + 20))
+    until grep -q '^listening on' "$RUN/apiserver.out" 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || die "fake-apiserver exited: $(tail -n5 "$RUN/apiserver.log")"
+        [ "$(date +%s)" -lt "$deadline" ] || die "fake-apiserver did not print 'listening on' within 20 s"
+        sleep 0.1
+    done
+    say "fake apiserver: $(head -n1 "$RUN/apiserver.out") (in namespace $NS)"
+}
+
+# --------------------------------------------------------------------- VMs ----
+
+accel_args() {
+    if grep -qE '^flags.*\b(vmx|svm)\b' /proc/cpuinfo && [ -w /dev/kvm ]; then
+        ACCEL=KVM
+        ACCEL_ARGS=(-accel kvm -cpu host)
+    else
+        ACCEL=TCG
+        ACCEL_ARGS=(-accel 'tcg,thread=multi' -cpu qemu64)
+    fi
+}
+
+start_vm() {
+    local n=$1 base="$RUN/vm$1"
+    mkfifo "$base.ctl.in" "$base.ctl.out" "$base.dbg.in" "$base.dbg.out"
+    : >"$base.ctl.log"
+    ip netns exec "$NS" qemu-system-x86_64 -name "wsv-node-$n" "${ACCEL_ARGS[@]}" -M pc \
+        -m "$VM_MEM" -smp 1 -nodefaults -display none -no-reboot \
+        -kernel "$KERNEL" -initrd "$RUN/initrd" \
+        -append "console=ttyS0,115200 panic=-1 quiet wsv.name=node-$n wsv.ip=$(node_ip "$n")/24" \
+        -serial "file:$base.console" -serial "pipe:$base.dbg" \
+        -device virtio-serial-pci -chardev "pipe,id=ctl,path=$base.ctl" \
+        -device virtserialport,chardev=ctl,name=wsv.ctl \
+        -netdev "tap,id=n0,ifname=wsv-t$n,script=no,downscript=no" \
+        -device "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:0$n" \
+        -device virtio-rng-pci \
+        >"$base.qemu.log" 2>&1 &
+    QEMU_PID[$n]=$!
+    PIDS+=($!)
+    # Read-write opens of the FIFOs never block, whatever qemu's state.
+    local fd
+    exec {fd}<>"$base.ctl.in"
+    CTL_FD[$n]=$fd
+    cat "$base.ctl.out" >>"$base.ctl.log" &
+    PIDS+=($!)
+    exec {fd}<>"$base.dbg.in"
+    CTL_FD[dbg$n]=$fd
+    cat "$base.dbg.out" >>"$base.dbg.log" &
+    PIDS+=($!)
+}
+
+wait_vm_ready() {
+    local n=$1 deadline=$(($(date +%s) + 120)) base="$RUN/vm$1"
+    until grep -q "WSV-READY" "$base.console" 2>/dev/null; do
+        if ! kill -0 "${QEMU_PID[$n]}" 2>/dev/null; then
+            die "VM node-$n (qemu) exited during boot: $(tail -n5 "$base.qemu.log") / console: $(tail -n5 "$base.console" 2>/dev/null)"
+        fi
+        if grep -q "WSV-FAIL" "$base.console" 2>/dev/null; then
+            die "VM node-$n: $(grep WSV-FAIL "$base.console")"
+        fi
+        [ "$(date +%s)" -lt "$deadline" ] || die "VM node-$n did not boot within 120 s; console: $(tail -n5 "$base.console")"
+        sleep 0.1
+    done
+    vm_exec "$n" 20 'echo hello' || die "the control shell of node-$n does not answer: $OUT"
+}
+
+# vm_exec VM TIMEOUT COMMAND: runs COMMAND in a bash subshell inside the VM; sets
+# OUT (its stdout+stderr) and RC, returns RC. 124 when it did not finish in time,
+# 125 when the VM is gone, 126 when its control shell ended.
+vm_exec() {
+    local n=$1 limit=$2 cmd=$3 log="$RUN/vm$1.ctl.log" start seq deadline
+    SEQ=$((SEQ + 1))
+    seq=$SEQ
+    start=$(stat -c %s "$log")
+    # A subshell: options (set -e) and variables of one command do not leak into
+    # the next.
+    printf '(\n%s\n) </dev/null 2>&1; echo; echo "@@RC %s $?"\n' "$cmd" "$seq" >&"${CTL_FD[$n]}"
+    deadline=$(($(date +%s) + limit))
+    while :; do
+        if grep -q WSV-CTL-EXIT "$RUN/vm$n.console"; then
+            OUT="the control shell of node-$n ended: $(grep WSV-CTL-EXIT "$RUN/vm$n.console" | head -n2 | tr '\n' ' ')"
+            RC=126
+            return 126
+        fi
+        if tail -c +"$((start + 1))" "$log" | grep -q "^@@RC $seq "; then
+            OUT=$(tail -c +"$((start + 1))" "$log" | sed "/^@@RC $seq /,\$d")
+            RC=$(tail -c +"$((start + 1))" "$log" | sed -n "s/^@@RC $seq \([0-9]*\).*/\1/p" | head -n1)
+            # Drop the blank line printed before the marker.
+            OUT=${OUT%$'\n'}
+            return "$RC"
+        fi
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            OUT="(no answer from node-$n within $limit s to: $cmd) $(tail -c +"$((start + 1))" "$log" | tail -n5)"
+            RC=124
+            return 124
+        fi
+        kill -0 "${QEMU_PID[$n]}" 2>/dev/null || { OUT="node-$n's qemu has exited"; RC=125; return 125; }
+        sleep 0.1
+    done
+}
+
+# vm_must VM TIMEOUT COMMAND: vm_exec, dying with the output on failure.
+vm_must() {
+    vm_exec "$@" || die "node-$1: '$3' failed (rc $RC): $OUT"
+}
+
+# ------------------------------------------------------------- assertions ----
+
+result() { # result PASS|FAIL NAME DETAIL
+    RESULTS+=("$(printf '%-4s %-44s %s' "$1" "$2" "$3")")
+    [ "$1" = PASS ] || FAILED=$((FAILED + 1))
+    say "$1 $2${3:+ — $3}"
+}
+check() { # check NAME DETAIL COMMAND...
+    local name=$1 detail=$2
+    shift 2
+    if "$@"; then result PASS "$name" "$detail"; else result FAIL "$name" "$detail"; fi
+}
+
+other() { if [ "$1" -eq 1 ]; then echo 2; else echo 1; fi; }
+
+# pod_ping VM COUNT [ping options]: from VM's pod to the other node's pod.
+pod_ping() {
+    local n=$1 count=$2
+    shift 2
+    vm_exec "$n" 60 "ip netns exec pod ping -n -q -c $count -i 0.2 -W 2 $* $(pod_ip "$(other "$n")")"
+}
+
+setup_pods() {
+    local n=$1 m
+    m=$(other "$n")
+    vm_must "$n" 30 "set -e
+ip netns add pod
+ip link add veth-pod type veth peer name eth0 netns pod
+ip addr add $(pod_gw "$n")/24 dev veth-pod
+ip link set veth-pod up
+ip netns exec pod ip link set lo up
+ip netns exec pod ip addr add $(pod_ip "$n")/24 dev eth0
+ip netns exec pod ip link set eth0 up
+ip netns exec pod ip route add default via $(pod_gw "$n")
+ip route add $(pod_cidr "$m") via $(node_ip "$m") dev eth0"
+}
+
+canary_hex() { printf '%s' "$CANARY" | od -An -tx1 | tr -d ' \n'; }
+
+start_capture() { # start_capture NAME
+    CAP="$RUN/$1.pcap"
+    ip netns exec "$NS" tcpdump -i wsv-t1 -s 0 -U -nn --immediate-mode -w "$CAP" >/dev/null 2>"$CAP.log" &
+    CAP_PID=$!
+    PIDS+=($!)
+    local deadline=$(($(date +%s) + 10))
+    until grep -q 'listening on' "$CAP.log" 2>/dev/null; do
+        kill -0 "$CAP_PID" 2>/dev/null || die "tcpdump exited: $(cat "$CAP.log")"
+        [ "$(date +%s)" -lt "$deadline" ] || die "tcpdump did not start listening within 10 s"
+        sleep 0.05
+    done
+}
+
+stop_capture() {
+    kill -INT "$CAP_PID" 2>/dev/null || true
+    wait "$CAP_PID" 2>/dev/null || true
+    forget_pid "$CAP_PID"
+}
+
+# The process has been reaped: teardown must not signal its (reusable) id.
+forget_pid() {
+    local i
+    for i in "${!PIDS[@]}"; do
+        [ "${PIDS[i]}" = "$1" ] && unset 'PIDS[i]'
+    done
+    PIDS=("${PIDS[@]}")
+}
+
+# A WireGuard message: UDP to wireseal's port, type 1-4 and three zero bytes.
+WG_FILTER="udp and dst port $WG_PORT and udp[8] >= 1 and udp[8] <= 4 and udp[9] = 0 and udp[10] = 0 and udp[11] = 0"
+# The control plane: the agents' connections to the apiserver.
+CTL_FILTER="tcp and host $HOST_IP and port $API_PORT"
+
+count_frames() { # count_frames PCAP FILTER
+    tcpdump -r "$1" -nn "$2" 2>/dev/null | wc -l
+}
+canary_hits() { LC_ALL=C grep -a -o "$CANARY" "$1" | wc -l || true; }
+
+# Both agents report the peer encrypted; pings start the handshakes.
+wait_encrypted() {
+    local deadline=$(($(date +%s) + $1)) n ok
+    while :; do
+        ok=1
+        for n in "${NODES[@]}"; do
+            vm_exec "$n" 20 'kill -0 "$(cat /run/agent.pid)" || { echo "agent exited:"; tail -n 20 /var/log/agent.log; }' ||
+                die "node-$n: $OUT"
+            [[ "$OUT" == *"agent exited"* ]] && die "node-$n: $OUT"
+            vm_exec "$n" 20 'wireseal status' >/dev/null 2>&1 || true
+            [[ "$OUT" == *"1/1 peers encrypted"* ]] || ok=0
+        done
+        [ "$ok" -eq 1 ] && return 0
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            for n in "${NODES[@]}"; do
+                vm_exec "$n" 20 'wireseal status; tail -n 30 /var/log/agent.log' || true
+                echo "--- node-$n ---"$'\n'"$OUT" >&2
+            done
+            return 1
+        fi
+        for n in "${NODES[@]}"; do pod_ping "$n" 1 >/dev/null || true; done
+    done
+}
+
+start_agent() { # start_agent VM [extra agent flags]
+    local n=$1
+    shift
+    vm_must "$n" 20 "mkdir -p /var/lib/wireseal
+NO_COLOR=1 WIRESEAL_LOG=info wireseal agent --datapath kernel --node-name node-$n --kubeconfig /etc/wsv/kubeconfig \
+  --state-dir /var/lib/wireseal --resync-interval 5 $* >>/var/log/agent.log 2>&1 &
+echo \$! >/run/agent.pid"
+}
+
+stop_agent() { # stop_agent VM SIGNAL
+    vm_must "$1" 30 "pid=\$(cat /run/agent.pid); kill -$2 \$pid
+for i in \$(seq 100); do kill -0 \$pid 2>/dev/null || break; sleep 0.1; done
+! kill -0 \$pid 2>/dev/null"
+}
+
+iperf() { # iperf VM LABEL: TCP pod → other pod, 3 s; sets MBPS (receiver)
+    MBPS=0
+    if ! vm_exec "$1" 60 "ip netns exec pod iperf3 -c $(pod_ip "$(other "$1")") -t 3 -f m"; then
+        result FAIL "throughput $2" "iperf3 failed: $(tail -n3 <<<"$OUT")"
+        return 0
+    fi
+    MBPS=$(awk '/receiver/ {for (i = 1; i < NF; i++) if ($(i + 1) == "Mbits/sec") v = $i} END {print v + 0}' <<<"$OUT")
+}
+
+# -------------------------------------------------------------------- main ----
+
+main() {
+    need_root
+    mkdir -p "$WORK"
+    trap teardown EXIT
+    trap 'on_signal SIGINT 130' INT
+    trap 'on_signal SIGTERM 143' TERM
+    trap 'on_signal timeout 124' USR1
+    start_watchdog
+    install_tools
+    check_binaries
+    fetch_kernel
+    build_base
+    accel_args
+
+    rm -rf "$RUN"
+    mkdir -p "$RUN"
+    net_up
+    start_apiserver
+    build_run_cpio
+    say "booting ${#NODES[@]} VMs ($ACCEL, ${VM_MEM} MiB, 1 vCPU, kernel $KVER)"
+    local n m boot0 hex line
+    boot0=$(date +%s)
+    for n in "${NODES[@]}"; do start_vm "$n"; done
+    for n in "${NODES[@]}"; do wait_vm_ready "$n"; done
+    say "VMs up in $(($(date +%s) - boot0)) s"
+
+    # 1. Kernel WireGuard exists in the guest kernel (the module is loaded on demand).
+    for n in "${NODES[@]}"; do
+        if vm_exec "$n" 30 "ip link add wsv-probe type wireguard && ip link del wsv-probe"; then
+            result PASS "node-$n: kernel WireGuard link" "ip link add … type wireguard"
+        else
+            result FAIL "node-$n: kernel WireGuard link" "$OUT"
+            die "no kernel WireGuard in the guest; nothing else can be tested"
+        fi
+    done
+
+    # 2. The pods and the CNI's host-gw routes.
+    for n in "${NODES[@]}"; do setup_pods "$n"; done
+    hex=$(canary_hex)
+
+    # 3. Without wireseal the canary crosses in clear: the capture can see it.
+    start_capture plain
+    for n in "${NODES[@]}"; do
+        pod_ping "$n" 3 -p "$hex" || die "plain pod-to-pod ping from node-$n failed before wireseal: $OUT"
+    done
+    stop_capture
+    local plain_hits plain_other
+    plain_hits=$(canary_hits "$CAP")
+    plain_other=$(($(count_frames "$CAP" 'not arp') - $(count_frames "$CAP" "$WG_FILTER") -
+        $(count_frames "$CAP" "$CTL_FILTER")))
+    check "capture flags plaintext without wireseal" \
+        "canary in $plain_hits places, $plain_other non-WireGuard frames (so the checks can fail)" \
+        test "$plain_hits" -gt 0 -a "$plain_other" -gt 0
+
+    # 4. wireseal agents with the kernel datapath.
+    for n in "${NODES[@]}"; do start_agent "$n"; done
+    local t_up
+    t_up=$(date +%s)
+    if wait_encrypted 180; then
+        result PASS "agents up, 1/1 peers encrypted on both" "$(($(date +%s) - t_up)) s after start"
+    else
+        result FAIL "agents up, 1/1 peers encrypted on both" "not within 180 s (logs above)"
+        die "the mesh did not come up"
+    fi
+    for n in "${NODES[@]}"; do
+        vm_exec "$n" 20 'wireseal status' || true
+        echo "    \$ wireseal status   # node-$n"
+        while IFS= read -r line; do printf '    %s\n' "$line"; done <<<"$OUT"
+        check "node-$n: wireseal status kernel, 1/1" "$(grep -o '[0-9]*/[0-9]* peers encrypted' <<<"$OUT" || true)" \
+            grep -q 'datapath kernel.*' <<<"$OUT"
+        [[ "$OUT" == *"1/1 peers encrypted"* ]] || result FAIL "node-$n: 1/1 peers encrypted" "$OUT"
+        vm_exec "$n" 20 "now=\$(date +%s); wg show $WG_IFACE latest-handshakes | while read -r key at; do echo \"\$key \$((now - at))\"; done" || true
+        local age
+        age=$(awk 'NR == 1 {print $2}' <<<"$OUT")
+        check "node-$n: wg show: peer with recent handshake" "handshake ${age:-?} s ago" \
+            test "${age:-999999}" -lt 180
+        vm_exec "$n" 20 "ip -d link show $WG_IFACE | grep -o wireguard" || true
+        check "node-$n: $WG_IFACE is a kernel wireguard link" "$OUT" test "$OUT" = wireguard
+    done
+
+    # 5. Pod to pod across the VMs, and what the wire shows meanwhile.
+    start_capture sealed
+    local ok=1
+    for n in "${NODES[@]}"; do pod_ping "$n" 5 -p "$hex" || ok=0; done
+    stop_capture
+    check "pod-to-pod ping through kernel WireGuard" "both directions, 5 pings each" test "$ok" -eq 1
+    local all ctl wg data icmp other_frames hits
+    all=$(count_frames "$CAP" 'not arp')
+    ctl=$(count_frames "$CAP" "$CTL_FILTER")
+    wg=$(count_frames "$CAP" "$WG_FILTER")
+    data=$(count_frames "$CAP" "udp and dst port $WG_PORT and udp[8] = 4")
+    icmp=$(count_frames "$CAP" 'icmp')
+    hits=$(canary_hits "$CAP")
+    other_frames=$((all - ctl - wg))
+    check "wire: only WireGuard (UDP $WG_PORT, types 1-4)" \
+        "$wg WireGuard ($data data), $ctl control-plane TCP, $other_frames other, $icmp ICMP" \
+        test "$other_frames" -eq 0 -a "$data" -gt 0 -a "$icmp" -eq 0
+    check "wire: canary never in clear" "$hits hits" test "$hits" -eq 0
+
+    # 6. Agent restarts (SIGTERM on node-1, SIGKILL on node-2) under a running ping.
+    # 25 s of pings: the restarts take 5-10 s under TCG; the check below fails if
+    # the ping ended before both agents were back.
+    vm_must 1 20 "ip netns exec pod ping -n -i 0.1 -c 250 -W 1 $(pod_ip 2) >/tmp/restart-ping.log 2>&1 &
+echo \$! >/run/ping.pid"
+    local r0
+    r0=$(date +%s)
+    stop_agent 1 TERM
+    stop_agent 2 KILL
+    start_agent 1
+    start_agent 2
+    wait_encrypted 60 || result FAIL "agents back after restart" "not 1/1 encrypted within 60 s"
+    local restarted=$(($(date +%s) - r0))
+    vm_exec 1 60 'pid=$(cat /run/ping.pid); running=no; kill -0 $pid 2>/dev/null && running=yes
+while kill -0 $pid 2>/dev/null; do sleep 0.2; done; echo "ping-running-after-restart=$running"; cat /tmp/restart-ping.log' || true
+    local stats
+    stats=$(grep -o '[0-9]* packets transmitted, [0-9]* received' <<<"$OUT" || true)
+    if [[ "$OUT" == *"ping-running-after-restart=yes"* ]] && [[ "$OUT" == *" 0% packet loss"* ]]; then
+        result PASS "agent restart: no packet lost" "$stats (ping at 10/s spanning both restarts, ${restarted} s)"
+    else
+        result FAIL "agent restart: no packet lost" "${stats:-no ping statistics}; $(grep -o 'ping-running-after-restart=[a-z]*' <<<"$OUT" || true)"
+    fi
+
+    if [ "$BENCH" -eq 1 ]; then
+        vm_must 2 20 'ip netns exec pod iperf3 -s -D --logfile /var/log/iperf3.log'
+        iperf 1 "kernel WireGuard"
+        BENCH_WG=$MBPS
+    fi
+
+    # 7. wireseal cleanup hands the traffic back to the CNI's routes.
+    for n in "${NODES[@]}"; do
+        stop_agent "$n" TERM
+        vm_exec "$n" 60 "wireseal cleanup" || true
+        local cleanup_out=$OUT cleanup_rc=$RC
+        vm_exec "$n" 20 "ip link show $WG_IFACE >/dev/null 2>&1 && echo link-left
+ip rule | grep -q 'lookup $WG_TABLE' && echo rule-left
+[ -n \"\$(ip route show table $WG_TABLE)\" ] && echo routes-left
+true" || true
+        check "node-$n: wireseal cleanup" "rc $cleanup_rc; left: ${OUT:-nothing}" \
+            test "$cleanup_rc" -eq 0 -a -z "$OUT"
+        [ "$cleanup_rc" -eq 0 ] || say "cleanup output: $cleanup_out"
+    done
+    ok=1
+    for n in "${NODES[@]}"; do pod_ping "$n" 3 || ok=0; done
+    check "after cleanup: pods reach each other over the CNI" "host-gw routes, plain" test "$ok" -eq 1
+
+    if [ "$BENCH" -eq 1 ]; then
+        iperf 1 plain
+        BENCH_PLAIN=$MBPS
+        bench_userspace
+        say "throughput ($ACCEL, 1 vCPU per VM, iperf3 TCP 3 s, pod to pod; wireseal-tunnel: $TUNNEL_BIN):"
+        printf '    plain (host-gw)              %6s Mbit/s\n' "$BENCH_PLAIN"
+        printf '    kernel WireGuard (wireseal)  %6s Mbit/s  %s of plain\n' "$BENCH_WG" "$(ratio "$BENCH_WG" "$BENCH_PLAIN")"
+        printf '    userspace (wireseal-tunnel)  %6s Mbit/s  %s of plain, %s of kernel\n' "$BENCH_US" \
+            "$(ratio "$BENCH_US" "$BENCH_PLAIN")" "$(ratio "$BENCH_US" "$BENCH_WG")"
+    fi
+
+    local total=$(($(date +%s) - T0))
+    echo
+    echo "== vmlab summary ($ACCEL, kernel $KVER, 2 VMs, ${total} s)"
+    printf '%s\n' "${RESULTS[@]}"
+    if [ "$FAILED" -eq 0 ]; then
+        echo "== PASS (${#RESULTS[@]} checks)"
+    else
+        echo "== FAIL ($FAILED of ${#RESULTS[@]} checks failed)"
+        return 1
+    fi
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# The userspace datapath in the same VMs: the agent spawns wireseal-tunnel.
+bench_userspace() {
+    local n
+    for n in "${NODES[@]}"; do
+        vm_must "$n" 20 "modprobe tun && mkdir -p /var/run/wireguard
+NO_COLOR=1 WIRESEAL_LOG=info wireseal agent --datapath userspace --spawn-tunnel /usr/bin/wireseal-tunnel \
+  --node-name node-$n --kubeconfig /etc/wsv/kubeconfig --state-dir /var/lib/wireseal --resync-interval 5 \
+  >>/var/log/agent.log 2>&1 &
+echo \$! >/run/agent.pid"
+    done
+    if wait_encrypted 120; then
+        iperf 1 "userspace datapath"
+        BENCH_US=$MBPS
+    else
+        result FAIL "userspace datapath up" "not 1/1 encrypted within 120 s"
+        BENCH_US=0
+    fi
+    for n in "${NODES[@]}"; do
+        stop_agent "$n" TERM || true
+        vm_exec "$n" 60 "wireseal cleanup" || true
+    done
+}
+
+main
