@@ -238,7 +238,22 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 "applying plan"
             );
         }
-        let applied = self.execute(&change).await;
+        let mut applied = self.execute(&change).await;
+        if applied.is_ok() && !awaiting.is_empty() {
+            let waiting = want
+                .state
+                .device
+                .peers
+                .iter()
+                .filter(|(key, _)| awaiting.contains(*key))
+                .map(|(key, config)| (*key, config.clone()))
+                .collect();
+            applied = self
+                .datapath
+                .request_handshake(&waiting, &self.key)
+                .await
+                .map_err(anyhow::Error::from);
+        }
         self.report(&view, &want, &device.stats, applied.is_ok(), mtu_warning);
         applied.map(|()| awaiting.len())
     }

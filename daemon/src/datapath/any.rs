@@ -151,6 +151,18 @@ impl Datapath for AnyDatapath {
         }
     }
 
+    async fn request_handshake(
+        &mut self,
+        peers: &std::collections::BTreeMap<wireseal_core::PublicKey, wireseal_core::PeerConfig>,
+        key: &PrivateKey,
+    ) -> Result<(), DatapathError> {
+        match self {
+            Self::Kernel(d) => d.request_handshake(peers, key).await,
+            Self::Userspace(d) => d.request_handshake(peers, key).await,
+            Self::Memory(d) => Datapath::request_handshake(d, peers, key).await,
+        }
+    }
+
     async fn apply(&mut self, plan: &DevicePlan, key: &PrivateKey) -> Result<(), DatapathError> {
         match self {
             Self::Kernel(d) => d.apply(plan, key).await,

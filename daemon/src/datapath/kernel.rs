@@ -3,12 +3,15 @@
 use std::collections::BTreeMap;
 use std::time::UNIX_EPOCH;
 
-use wireseal_core::{DatapathKind, DevicePlan, LinkSpec, PublicKey};
+use wireseal_core::{DatapathKind, DevicePlan, LinkSpec, PeerConfig, PublicKey};
 use wireseal_keymgr::PrivateKey;
 use wireseal_netlink::wireguard::WireGuard;
 use wireseal_netlink::{Netlink, WIREGUARD_KIND};
 
 use super::{Datapath, DatapathError, DeviceObservation, PeerStats};
+
+/// Keepalive interval set for a moment to make the kernel start a handshake.
+const NUDGE_KEEPALIVE: u16 = 25;
 
 /// The kernel WireGuard device `interface`.
 pub struct KernelDatapath {
@@ -93,6 +96,46 @@ impl Datapath for KernelDatapath {
             device: Some(device.to_observed()),
             stats,
         })
+    }
+
+    /// Kernel WireGuard sends a keepalive at once when a peer's persistent
+    /// keepalive goes from off to on, and a keepalive without a session starts
+    /// a handshake. So: switch it on, then back to what the peer should have.
+    /// A peer that already has a keepalive sends them anyway.
+    async fn request_handshake(
+        &mut self,
+        peers: &BTreeMap<PublicKey, PeerConfig>,
+        key: &PrivateKey,
+    ) -> Result<(), DatapathError> {
+        let quiet: BTreeMap<PublicKey, PeerConfig> = peers
+            .iter()
+            .filter(|(_, c)| c.persistent_keepalive.is_none())
+            .map(|(k, c)| (*k, c.clone()))
+            .collect();
+        if quiet.is_empty() {
+            return Ok(());
+        }
+        let nudge = DevicePlan {
+            upsert_peers: quiet
+                .iter()
+                .map(|(k, c)| {
+                    (
+                        *k,
+                        PeerConfig {
+                            persistent_keepalive: Some(NUDGE_KEEPALIVE),
+                            ..c.clone()
+                        },
+                    )
+                })
+                .collect(),
+            ..DevicePlan::default()
+        };
+        let restore = DevicePlan {
+            upsert_peers: quiet,
+            ..DevicePlan::default()
+        };
+        self.apply(&nudge, key).await?;
+        self.apply(&restore, key).await
     }
 
     async fn apply(&mut self, plan: &DevicePlan, key: &PrivateKey) -> Result<(), DatapathError> {

@@ -17,7 +17,8 @@ use std::time::SystemTime;
 use ipnetwork::IpNetwork;
 use thiserror::Error;
 use wireseal_core::{
-    DatapathKind, DevicePlan, LinkSpec, ObservedDevice, PublicKey, RouteSpec, RoutingPlan, RuleSpec,
+    DatapathKind, DevicePlan, LinkSpec, ObservedDevice, PeerConfig, PublicKey, RouteSpec,
+    RoutingPlan, RuleSpec,
 };
 use wireseal_keymgr::PrivateKey;
 
@@ -79,6 +80,18 @@ pub trait Datapath: Send {
 
     /// Reads the device back.
     fn observe(&mut self) -> impl Future<Output = Result<DeviceObservation, DatapathError>> + Send;
+
+    /// Asks for a handshake with these peers (their desired configuration
+    /// given), which have none yet. Routes towards a peer wait for its first
+    /// handshake, so a datapath that only starts one when it has a packet to
+    /// send must be asked. The default does nothing.
+    fn request_handshake(
+        &mut self,
+        _peers: &BTreeMap<PublicKey, PeerConfig>,
+        _key: &PrivateKey,
+    ) -> impl Future<Output = Result<(), DatapathError>> + Send {
+        async { Ok(()) }
+    }
 
     /// Applies device changes: settings, then peer upserts, then removals.
     /// `key` is the private key to set when the plan asks for it.
