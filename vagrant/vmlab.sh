@@ -617,7 +617,7 @@ start_agent() { # start_agent VM [extra agent flags]
     local n=$1
     shift
     vm_must "$n" 20 "mkdir -p /var/lib/wireseal
-NO_COLOR=1 WIRESEAL_LOG=info wireseal agent --datapath kernel --node-name node-$n --kubeconfig /etc/wsv/kubeconfig \
+NO_COLOR=1 WIRESEAL_LOG=info wireseal agent --datapath auto --node-name node-$n --kubeconfig /etc/wsv/kubeconfig \
   --state-dir /var/lib/wireseal --resync-interval 5 $* >>/var/log/agent.log 2>&1 &
 echo \$! >/run/agent.pid"
 }
