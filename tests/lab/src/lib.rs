@@ -10,13 +10,12 @@ pub mod apiserver;
 pub mod capture;
 pub mod netns;
 pub mod process;
+mod registry;
 pub mod topology;
 pub mod traffic;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -26,6 +25,7 @@ use wireseal::status::AgentStatus;
 
 use crate::apiserver::ApiServer;
 use crate::process::{Proc, locate};
+pub use crate::registry::emergency_teardown;
 use crate::topology::{APISERVER_IP, APISERVER_PORT, Network};
 
 /// The tunnel interface name inside every node.
@@ -91,7 +91,7 @@ impl Lab {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let run_id = format!("{PREFIX}{:x}{run}", std::process::id() % 0x1_0000);
-        running().prefix = Some(run_id.clone());
+        registry::set_prefix(&run_id);
         let dir = std::env::temp_dir().join(format!("wireseal-lab-{run_id}"));
         create_private_dir(&dir)?;
         let network = topology::build(&run_id, config.nodes, config.pods)?;
@@ -469,54 +469,6 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
-}
-
-/// Process ids and namespace prefix of the lab running in this process, for
-/// [`emergency_teardown`].
-static RUNNING: Mutex<Running> = Mutex::new(Running {
-    prefix: None,
-    pids: BTreeSet::new(),
-});
-
-struct Running {
-    prefix: Option<String>,
-    pids: BTreeSet<u32>,
-}
-
-fn running() -> std::sync::MutexGuard<'static, Running> {
-    RUNNING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(crate) fn register_pid(pid: u32) {
-    running().pids.insert(pid);
-}
-
-pub(crate) fn unregister_pid(pid: u32) {
-    running().pids.remove(&pid);
-}
-
-/// Kills this run's processes and deletes its namespaces, for a signal
-/// handler that cannot wait for destructors.
-pub fn emergency_teardown() {
-    let (prefix, pids) = {
-        let state = running();
-        (state.prefix.clone(), state.pids.clone())
-    };
-    for pid in pids {
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-    if let Some(prefix) = prefix {
-        for name in netns::list_with_prefix(&format!("{prefix}-")) {
-            let _ = netns::ip(&["netns", "del", &name]);
-        }
-    }
 }
 
 /// Deletes namespaces left by earlier runs (a crash, a `kill -9`).

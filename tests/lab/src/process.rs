@@ -35,7 +35,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        crate::register_pid(child.id());
+        crate::registry::register_pid(child.id());
         Ok(Self {
             name: name.to_owned(),
             child: Some(child),
@@ -79,7 +79,7 @@ impl Proc {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        crate::unregister_pid(child.id());
+        crate::registry::unregister_pid(child.id());
         if let Ok(pid) = i32::try_from(child.id()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
@@ -97,7 +97,7 @@ impl Proc {
     /// Kills the process at once (a crash, as far as it can tell).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            crate::unregister_pid(child.id());
+            crate::registry::unregister_pid(child.id());
             let _ = child.kill();
             let _ = child.wait();
         }
