@@ -68,6 +68,8 @@ pub struct Lab {
     pub network: Network,
     /// Scratch directory: kubeconfig, per-node state and sockets, logs.
     pub dir: PathBuf,
+    /// Prefix of this run's namespaces.
+    pub prefix: String,
     wireseal: PathBuf,
     tunnel: PathBuf,
 }
@@ -115,6 +117,7 @@ impl Lab {
             apiserver,
             network,
             dir,
+            prefix: run_id,
             wireseal,
             tunnel,
         })
@@ -469,6 +472,19 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// What a lab with `prefix` left behind: its namespaces and its processes
+/// still alive. Empty after a clean teardown.
+#[must_use]
+pub fn leftovers(prefix: &str) -> Vec<String> {
+    let mut left = netns::list_with_prefix(&format!("{prefix}-"));
+    left.extend(
+        registry::live_pids()
+            .into_iter()
+            .map(|pid| format!("process {pid}")),
+    );
+    left
 }
 
 /// Deletes namespaces left by earlier runs (a crash, a `kill -9`).

@@ -147,7 +147,10 @@ fn demo(config: LabConfig, seconds: u32) -> Result<()> {
         "   throughput {mbits:.0} Mbit/s; whole demo {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let prefix = lab.prefix.clone();
     drop(lab);
+    let left = wireseal_lab::leftovers(&prefix);
+    anyhow::ensure!(left.is_empty(), "teardown left {left:?}");
     println!("   torn down: no namespace, link or process left");
     Ok(())
 }

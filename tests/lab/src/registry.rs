@@ -56,3 +56,8 @@ pub fn emergency_teardown() {
 pub(crate) fn set_prefix(prefix: &str) {
     running().prefix = Some(prefix.to_owned());
 }
+
+/// Processes this lab started that are still registered (not stopped).
+pub(crate) fn live_pids() -> BTreeSet<u32> {
+    running().pids.clone()
+}

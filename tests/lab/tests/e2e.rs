@@ -125,6 +125,11 @@ fn all_pods_connect_and_only_wireguard_crosses_the_wire() {
     let node = lab.apiserver().state().get_node("node-0").unwrap();
     let status = &node.metadata.annotations.unwrap()["wireseal.dev/status"];
     assert!(status.contains(r#""datapath":"userspace""#), "{status}");
+
+    // Tearing the lab down leaves nothing behind.
+    let prefix = lab.prefix.clone();
+    drop(lab);
+    assert_eq!(wireseal_lab::leftovers(&prefix), Vec::<String>::new());
 }
 
 #[test]
