@@ -194,6 +194,14 @@ def agent_status():
     return json.loads(http_req(STATUS_PORT, "GET", "/status"))
 
 
+def reconciles():
+    total = 0
+    for line in http_req(STATUS_PORT, "GET", "/metrics").decode().splitlines():
+        if line.startswith("wireseal_reconciles_total"):
+            total += int(float(line.split()[-1]))
+    return total
+
+
 def proc_mem(pid):
     out = {}
     try:
@@ -412,9 +420,11 @@ def run_size(n, args, outdir, host_ns):
         res["mem_after_sync_kB"] = {k: proc_mem(procs.procs[k].pid)
                                     for k in ["agent", "tunnel", "apiserver"]}
 
-        # idle: what the agent spends with N peers that never handshake
-        time.sleep(2)
+        # idle: what the agent spends with N peers that never handshake, after the
+        # handshake-poll back-off (100 ms doubling to 5 s) has reached its maximum
+        time.sleep(args.idle_wait)
         tail.read()
+        r0 = reconciles()
         tun_pid = procs.procs["tunnel"].pid
         c0, w0, tc0 = proc_cpu(agent.pid), time.monotonic(), proc_cpu(tun_pid)
         time.sleep(args.idle)
@@ -422,10 +432,11 @@ def run_size(n, args, outdir, host_ns):
         res["idle"] = {"seconds": round(time.monotonic() - w0, 1),
                        "agent_cpu_s": round(proc_cpu(agent.pid) - c0, 3),
                        "tunnel_cpu_s": round(proc_cpu(tun_pid) - tc0, 3),
+                       "passes": reconciles() - r0,
                        "logs": summarize_logs(idle_logs),
                        "log_lines": len(idle_logs)}
         log(f"N={n}: idle {args.idle}s: agent CPU {res['idle']['agent_cpu_s']}s, "
-            f"tunnel CPU {res['idle']['tunnel_cpu_s']}s")
+            f"tunnel CPU {res['idle']['tunnel_cpu_s']}s, {res['idle']['passes']} passes")
 
         # (2)+(3) changes
         ipmon_path = os.path.join(logdir, "ip-monitor.txt")
@@ -538,8 +549,8 @@ def render(summary, outdir):
              "| endpoint change: median / max (ms) | plans per change | peer upserts / removals "
              "per key change | netlink writes per change (logged / kernel events) "
              "| agent RSS / HWM (MiB) | tunnel RSS / HWM (MiB) | apiserver RSS (MiB) "
-             "| idle CPU, agent / tunnel (% of a core) |",
-             "|" + "---|" * 12]
+             "| idle CPU, agent / tunnel (% of a core) | idle passes / agent CPU per pass (s) |",
+             "|" + "---|" * 13]
     for r in summary["sizes"]:
         key = [c["programmed_ms"] for c in r["changes"] if c["kind"] == "key"]
         ep = [c["programmed_ms"] for c in r["changes"] if c["kind"] == "endpoint"]
@@ -559,7 +570,9 @@ def render(summary, outdir):
             f"| {mib(m['tunnel'].get('VmRSS'))} / {mib(m['tunnel'].get('VmHWM'))} "
             f"| {mib(m['apiserver'].get('VmRSS'))} "
             f"| {100 * idle['agent_cpu_s'] / idle['seconds']:.1f} / "
-            f"{100 * idle.get('tunnel_cpu_s', 0) / idle['seconds']:.1f} |")
+            f"{100 * idle.get('tunnel_cpu_s', 0) / idle['seconds']:.1f} "
+            f"| {idle.get('passes', '-')} / "
+            f"{idle['agent_cpu_s'] / idle['passes'] if idle.get('passes') else 0:.2f} |")
     lines += ["", "Per-change records: `summary.json`; logs of every process: `runs/n<N>/`.",
               "", NOTES, ""]
     path = os.path.join(outdir, "README.md")
@@ -613,12 +626,14 @@ def cleanup():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10,1000,5000")
-    ap.add_argument("--reps", type=int, default=12, help="changes per size")
-    ap.add_argument("--endpoint-reps", type=int, default=2,
+    ap.add_argument("--reps", type=int, default=20, help="changes per size")
+    ap.add_argument("--endpoint-reps", type=int, default=4,
                     help="how many of --reps change the endpoint instead of the key")
     ap.add_argument("--bin-dir", default=os.path.join(REPO, "target", "release"))
     ap.add_argument("--out", default=None)
-    ap.add_argument("--idle", type=float, default=10.0, help="idle CPU window, s")
+    ap.add_argument("--idle", type=float, default=20.0, help="idle CPU window, s")
+    ap.add_argument("--idle-wait", type=float, default=12.0,
+                    help="wait after the sync before the idle window, s")
     ap.add_argument("--gap", type=float, default=1.0, help="pause before each change, s")
     ap.add_argument("--poll", type=float, default=0.01, help="UAPI poll interval, s")
     ap.add_argument("--settle", type=float, default=1.0, help="wait after a change, s")
