@@ -196,7 +196,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         let (auto_mtu, underlay_devices) = self.underlay(&want).await;
         if let (MtuSetting::Auto, Some(mtu)) = (self.config.mtu, auto_mtu) {
             mesh.mtu = mtu;
-            want = desired(&self.config.node_name, &public, &nodes, &mesh);
+            want.state.set_mtu(mtu);
         }
         let mtu_warning = self.check_pod_mtu(mesh.mtu, &underlay_devices).await;
 

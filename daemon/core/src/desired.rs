@@ -274,7 +274,7 @@ fn allowed_cidrs<'a>(
     // Only nodes that can become peers count: a node without a usable key is
     // never routed into the tunnel, and letting its claims knock out a valid
     // node's CIDRs would let one bad annotation take another node off the mesh.
-    let claims: Vec<(&str, IpNetwork)> = candidates
+    let mut claims: Vec<(&str, IpNetwork)> = candidates
         .keys()
         .flat_map(|name| {
             remotes[name]
@@ -283,27 +283,19 @@ fn allowed_cidrs<'a>(
                 .map(move |cidr| (*name, *cidr))
         })
         .collect();
+    claims.extend(own_cidrs.iter().map(|cidr| (THIS_NODE, *cidr)));
+    let conflicts = conflicts(&claims);
     let mut allowed = BTreeMap::new();
     for name in candidates.keys() {
         let mut cidrs = BTreeSet::new();
         for cidr in &remotes[name].pod_cidrs {
-            let conflict = own_cidrs
-                .iter()
-                .find(|own| overlaps(**own, *cidr))
-                .map(|own| (String::from("(this node)"), *own))
-                .or_else(|| {
-                    claims
-                        .iter()
-                        .find(|(other, other_cidr)| other != name && overlaps(*other_cidr, *cidr))
-                        .map(|(other, other_cidr)| ((*other).to_owned(), *other_cidr))
-                });
-            match conflict {
+            match conflicts.get(&(*name, *cidr)) {
                 Some((other, other_cidr)) => {
                     outcomes.entry((*name).to_owned()).or_default().issues.push(
                         PeerIssue::CidrConflict {
                             cidr: *cidr,
-                            other,
-                            other_cidr,
+                            other: (*other).to_owned(),
+                            other_cidr: *other_cidr,
                         },
                     );
                 }
@@ -315,6 +307,92 @@ fn allowed_cidrs<'a>(
         allowed.insert(*name, cidrs);
     }
     allowed
+}
+
+/// How this node is named in a conflict (never a valid Node name).
+const THIS_NODE: &str = "(this node)";
+
+/// Every claim that overlaps a claim of another node, with one such claim.
+///
+/// CIDRs either nest or are disjoint. Sorted by first address (the larger
+/// first on a tie), the claims overlapping one another form runs whose first
+/// member contains all the others, so one sweep finds them: O(n log n) instead
+/// of comparing every pair of the cluster's pod CIDRs on every pass.
+fn conflicts<'a>(
+    claims: &[(&'a str, IpNetwork)],
+) -> BTreeMap<(&'a str, IpNetwork), (&'a str, IpNetwork)> {
+    let mut sorted: Vec<(Span, &str, IpNetwork)> = claims
+        .iter()
+        .map(|(node, cidr)| (span(cidr), *node, *cidr))
+        .collect();
+    sorted.sort_by(|a, b| {
+        (a.0.family, a.0.first, std::cmp::Reverse(a.0.last), a.1, a.2).cmp(&(
+            b.0.family,
+            b.0.first,
+            std::cmp::Reverse(b.0.last),
+            b.1,
+            b.2,
+        ))
+    });
+    let mut found = BTreeMap::new();
+    let mut start = 0;
+    while start < sorted.len() {
+        let root = sorted[start].0;
+        let mut end = start + 1;
+        while end < sorted.len()
+            && sorted[end].0.family == root.family
+            && sorted[end].0.first <= root.last
+        {
+            end += 1;
+        }
+        let run = &sorted[start..end];
+        if run.iter().any(|(_, node, _)| *node != run[0].1) {
+            for (_, node, cidr) in run {
+                // Overlapping members of other nodes; the run's first member
+                // overlaps every other, so this scan stops at once in practice.
+                if let Some((_, other, other_cidr)) = run
+                    .iter()
+                    .find(|(_, other, other_cidr)| other != node && overlaps(*other_cidr, *cidr))
+                {
+                    found.insert((*node, *cidr), (*other, *other_cidr));
+                }
+            }
+        }
+        start = end;
+    }
+    found
+}
+
+/// The address range of a network, comparable within a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    family: Family,
+    first: u128,
+    last: u128,
+}
+
+fn span(net: &IpNetwork) -> Span {
+    match net {
+        IpNetwork::V4(v4) => Span {
+            family: Family::V4,
+            first: u128::from(u32::from(v4.network())),
+            last: u128::from(u32::from(v4.broadcast())),
+        },
+        IpNetwork::V6(v6) => {
+            let first = u128::from(v6.network());
+            let host_bits = 128 - u32::from(v6.prefix());
+            let last = if host_bits >= 128 {
+                u128::MAX
+            } else {
+                first | ((1u128 << host_bits) - 1)
+            };
+            Span {
+                family: Family::V6,
+                first,
+                last,
+            }
+        }
+    }
 }
 
 fn endpoint_of(node: &NodeView, default_port: u16) -> Option<SocketAddr> {

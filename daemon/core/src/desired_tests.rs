@@ -240,3 +240,49 @@ fn issues_display_readably() {
     };
     assert_eq!(issue.to_string(), "public key also claimed by x, y");
 }
+
+mod sweep {
+    use proptest::prelude::*;
+
+    use super::super::conflicts;
+    use crate::annotation::overlaps;
+
+    fn pool() -> Vec<ipnetwork::IpNetwork> {
+        [
+            "10.0.0.0/8",
+            "10.244.0.0/16",
+            "10.244.1.0/24",
+            "10.244.1.128/25",
+            "10.244.2.0/24",
+            "10.245.0.0/16",
+            "192.168.0.0/24",
+            "fd00::/8",
+            "fd00:244::/48",
+            "fd00:244:1::/64",
+            "fd01::/16",
+            "::/0",
+            "0.0.0.0/0",
+        ]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        /// The sweep flags exactly the claims that overlap a claim of another node.
+        #[test]
+        fn sweep_equals_pairwise(claims in proptest::collection::vec((0usize..5, proptest::sample::select(pool())), 0..12)) {
+            let names = ["a", "b", "c", "d", "e"];
+            let claims: Vec<(&str, ipnetwork::IpNetwork)> = claims.iter().map(|(n, c)| (names[*n], *c)).collect();
+            let found = conflicts(&claims);
+            for (node, cidr) in &claims {
+                let naive = claims.iter().any(|(other, other_cidr)| other != node && overlaps(*other_cidr, *cidr));
+                prop_assert_eq!(found.contains_key(&(*node, *cidr)), naive, "{} {}", node, cidr);
+                if let Some((other, other_cidr)) = found.get(&(*node, *cidr)) {
+                    prop_assert!(other != node && overlaps(*other_cidr, *cidr));
+                }
+            }
+        }
+    }
+}

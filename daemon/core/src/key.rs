@@ -116,16 +116,54 @@ pub fn decode_key_bytes(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
     }
 }
 
-/// True when `point` has small order on Curve25519.
-///
-/// X25519 with any clamped scalar multiplies by a multiple of the cofactor 8, so
-/// it maps exactly the small-order points (and their non-canonical encodings) to
-/// zero. Using the scalar multiplication itself avoids keeping a hand-copied
-/// blacklist in sync with the curve.
+/// The u-coordinates of the small-order points of Curve25519, little-endian:
+/// 0, 1, the two points of order 8, and p − 1, p, p + 1 (the non-canonical
+/// encodings that reduce to the others). Compared with the top bit cleared,
+/// since X25519 ignores it. The tests check every entry against X25519 itself.
+const LOW_ORDER_POINTS: [[u8; KEY_LEN]; 7] = [
+    [0; 32],
+    {
+        let mut k = [0; 32];
+        k[0] = 1;
+        k
+    },
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    {
+        let mut k = [0xff; 32];
+        k[0] = 0xec;
+        k[31] = 0x7f;
+        k
+    },
+    {
+        let mut k = [0xff; 32];
+        k[0] = 0xed;
+        k[31] = 0x7f;
+        k
+    },
+    {
+        let mut k = [0xff; 32];
+        k[0] = 0xee;
+        k[31] = 0x7f;
+        k
+    },
+];
+
+/// True when `point` has small order on Curve25519. A table lookup rather
+/// than a scalar multiplication: keys are validated on every read of a
+/// device with thousands of peers.
 fn is_low_order(point: &[u8; KEY_LEN]) -> bool {
-    // Any fixed scalar works; clamping inside `x25519` makes it a multiple of 8.
-    const PROBE_SCALAR: [u8; KEY_LEN] = [0x42; KEY_LEN];
-    x25519_dalek::x25519(PROBE_SCALAR, *point) == [0; KEY_LEN]
+    let mut masked = *point;
+    masked[31] &= 0x7f;
+    LOW_ORDER_POINTS.contains(&masked)
 }
 
 impl fmt::Display for PublicKey {
@@ -165,57 +203,50 @@ impl<'de> serde::Deserialize<'de> for PublicKey {
 mod tests {
     use super::*;
 
-    /// The small-order points of Curve25519 in little-endian encoding (the list
-    /// libsodium and WireGuard implementations reject), plus non-canonical forms.
-    const LOW_ORDER: [[u8; 32]; 6] = [
-        {
-            let mut k = [0u8; 32];
-            k[0] = 1;
-            k
-        },
-        [
-            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
-            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
-            0x5f, 0x49, 0xb8, 0x00,
-        ],
-        [
-            0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83,
-            0xef, 0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd,
-            0xd0, 0x9f, 0x11, 0x57,
-        ],
-        {
-            // p - 1
-            let mut k = [0xff; 32];
-            k[0] = 0xec;
-            k[31] = 0x7f;
-            k
-        },
-        {
-            // p (non-canonical zero)
-            let mut k = [0xff; 32];
-            k[0] = 0xed;
-            k[31] = 0x7f;
-            k
-        },
-        {
-            // p + 1 (non-canonical one)
-            let mut k = [0xff; 32];
-            k[0] = 0xee;
-            k[31] = 0x7f;
-            k
-        },
-    ];
+    /// X25519 with any clamped scalar multiplies by a multiple of the cofactor,
+    /// so it maps exactly the small-order points to zero: the oracle the table
+    /// is checked against.
+    fn x25519_says_low_order(point: [u8; 32]) -> bool {
+        x25519_dalek::x25519([0x42; 32], point) == [0; 32]
+    }
 
     #[test]
     fn rejects_every_low_order_point() {
-        for point in LOW_ORDER {
+        for point in &LOW_ORDER_POINTS[1..] {
+            assert!(
+                x25519_says_low_order(*point),
+                "{point:02x?} is not low order"
+            );
             assert_eq!(
-                PublicKey::from_bytes(point),
+                PublicKey::from_bytes(*point),
                 Err(KeyError::LowOrder),
                 "{point:02x?}"
             );
+            let mut high = *point;
+            high[31] |= 0x80;
+            assert!(x25519_says_low_order(high));
+            assert_eq!(
+                PublicKey::from_bytes(high),
+                Err(KeyError::LowOrder),
+                "top bit set"
+            );
         }
         assert_eq!(PublicKey::from_bytes([0; 32]), Err(KeyError::AllZero));
+    }
+
+    #[test]
+    fn the_table_agrees_with_x25519_on_many_points() {
+        // Real public keys and arbitrary byte strings: never low order.
+        for i in 0..=255u8 {
+            let public = x25519_dalek::x25519([i; 32], x25519_dalek::X25519_BASEPOINT_BYTES);
+            assert!(!is_low_order(&public));
+            let arbitrary = [i.wrapping_mul(37).wrapping_add(11); 32];
+            assert_eq!(
+                is_low_order(&arbitrary),
+                x25519_says_low_order(arbitrary),
+                "{arbitrary:02x?}"
+            );
+        }
     }
 
     #[test]

@@ -285,6 +285,25 @@ fn an_mtu_change_replaces_routes_and_sets_the_link() {
 }
 
 #[test]
+fn set_mtu_equals_computing_with_that_mtu() {
+    let nodes = vec![NodeView {
+        name: "b".into(),
+        pod_cidrs: vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:244:1::/64".parse().unwrap(),
+        ],
+        public_key: Some(key(1)),
+        ..NodeView::default()
+    }];
+    let mut first = desired("a", &key(0), &nodes, &config(1420));
+    first.state.set_mtu(1380);
+    assert_eq!(
+        first.state,
+        desired("a", &key(0), &nodes, &config(1380)).state
+    );
+}
+
+#[test]
 fn tunnel_mtu_follows_the_underlay() {
     use crate::state::tunnel_mtu;
     assert_eq!(tunnel_mtu(1500, Family::V4), Some(1440));

@@ -151,6 +151,17 @@ pub struct DesiredState {
     pub rules: BTreeSet<RuleSpec>,
 }
 
+impl DesiredState {
+    /// Sets the tunnel MTU on the link and on every route: the only part of
+    /// the desired state that depends on it.
+    pub fn set_mtu(&mut self, mtu: u32) {
+        self.link.mtu = mtu;
+        for route in self.routes.values_mut() {
+            route.mtu = mtu;
+        }
+    }
+}
+
 /// What is on the node now, as read back from the kernel and the datapath.
 /// Only wireseal's own objects: its link, its table's routes, its rules.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
