@@ -761,13 +761,37 @@ while kill -0 $pid 2>/dev/null; do sleep 0.2; done; echo "ping-running-after-res
         result FAIL "agent restart: no packet lost" "${stats:-no ping statistics}; $(grep -o 'ping-running-after-restart=[a-z]*' <<<"$OUT" || true)"
     fi
 
+    # 7. node-2 is re-keyed: a new key file and a restarted agent. node-1 swaps
+    # the peer entry (exactly one peer left, with the new key) and traffic flows.
+    vm_must 2 20 'wireseal keys public --state-dir /var/lib/wireseal'
+    local old_key=${OUT//[[:space:]]/}
+    stop_agent 2 TERM
+    vm_must 2 20 'rm -f /var/lib/wireseal/private.key'
+    start_agent 2
+    if wait_encrypted 60; then
+        vm_must 2 20 'wireseal keys public --state-dir /var/lib/wireseal'
+        local new_key=${OUT//[[:space:]]/}
+        vm_exec 1 20 "wg show $WG_IFACE peers" || true
+        local peers=$OUT
+        ok=0
+        if [ -n "$new_key" ] && [ "$new_key" != "$old_key" ] && [ "$(grep -c . <<<"$peers")" -eq 1 ] &&
+            [[ "$peers" == *"$new_key"* ]] && pod_ping 1 3; then
+            ok=1
+        fi
+        check "re-key: node-1 follows node-2's new key" \
+            "old ${old_key:0:8}, new ${new_key:0:8}; node-1 peers: $(tr '\n' ' ' <<<"$peers" | cut -c1-100)" \
+            test "$ok" -eq 1
+    else
+        result FAIL "re-key: node-1 follows node-2's new key" "not 1/1 encrypted within 60 s"
+    fi
+
     if [ "$BENCH" -eq 1 ]; then
         vm_must 2 20 'ip netns exec pod iperf3 -s -D --logfile /var/log/iperf3.log'
         iperf 1 "kernel WireGuard"
         BENCH_WG=$MBPS
     fi
 
-    # 7. wireseal cleanup hands the traffic back to the CNI's routes.
+    # 8. wireseal cleanup hands the traffic back to the CNI's routes.
     for n in "${NODES[@]}"; do
         stop_agent "$n" TERM
         vm_exec "$n" 60 "wireseal cleanup" || true

@@ -169,7 +169,14 @@ pub struct AgentArgs {
 #[derive(Debug, Args)]
 pub struct StateArgs {
     /// Directory holding the private key (created 0700; the key file is 0600).
-    #[arg(long, default_value = "/var/lib/wireseal", env = "WIRESEAL_STATE_DIR")]
+    // Global, so `wireseal keys public --state-dir DIR` works as well as
+    // `wireseal keys --state-dir DIR public`.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/wireseal",
+        env = "WIRESEAL_STATE_DIR"
+    )]
     pub state_dir: PathBuf,
 }
 

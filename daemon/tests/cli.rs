@@ -67,6 +67,11 @@ fn keys_generate_public_and_show_path() {
         stdout(&wireseal(&["keys", "--state-dir", state, "public"])),
         generated
     );
+    // The flag also works after the subcommand.
+    assert_eq!(
+        stdout(&wireseal(&["keys", "public", "--state-dir", state])),
+        generated
+    );
 
     let next = stdout(&wireseal(&[
         "keys",
