@@ -127,7 +127,9 @@ impl AgentStatus {
         line
     }
 
-    /// Ready: synced, applied, and every expected peer encrypted.
+    /// Ready: the Node list has been read and the last plan applied without
+    /// error. Encryption coverage is reported apart (`coverage_line`), so a
+    /// peer that is down does not make the agent unready.
     #[must_use]
     pub fn ready(&self) -> bool {
         self.synced && self.last_apply_ok

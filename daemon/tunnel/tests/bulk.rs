@@ -52,10 +52,7 @@ fn tcp_bulk(extra: &[&str], v6: bool) {
     let (ia, ib) = (format!("wst{}a", pair.id), format!("wst{}b", pair.id));
     let _da = start_wireseal_with(&pair.a.name, &ia, extra);
     let _db = start_wireseal_with(&pair.b.name, &ib, extra);
-    let (ka, pa) = genkey(dir.path(), "a.key");
-    let (kb, pb) = genkey(dir.path(), "b.key");
-    configure(&pair.a.name, &ia, &ka, &pb, ip_b, &pair.under_b, ip_a);
-    configure(&pair.b.name, &ib, &kb, &pa, ip_a, &pair.under_a, ip_b);
+    configure_pair(&pair, dir.path(), &ia, &ib, ip_a, ip_b);
     ping(&pair.a.name, ip_b, &[]);
 
     const BYTES: u64 = 48 << 20;

@@ -79,29 +79,10 @@ fn two_tunnels_ping_show_handshake_and_leak_nothing() {
     let (ia, ib) = (format!("wst{}a", pair.id), format!("wst{}b", pair.id));
     let _da = start_wireseal(&pair.a.name, &ia);
     let _db = start_wireseal(&pair.b.name, &ib);
-    let (ka, pa) = genkey(dir.path(), "a.key");
-    let (kb, pb) = genkey(dir.path(), "b.key");
     // Capture from before the configuration: the handshake starts as soon as a
     // peer is configured.
     let wire = Capture::start(&pair.b.name, &pair.veth_b, dir.path().join("wire.pcap"));
-    configure(
-        &pair.a.name,
-        &ia,
-        &ka,
-        &pb,
-        "10.251.0.2",
-        &pair.under_b,
-        "10.251.0.1",
-    );
-    configure(
-        &pair.b.name,
-        &ib,
-        &kb,
-        &pa,
-        "10.251.0.1",
-        &pair.under_a,
-        "10.251.0.2",
-    );
+    let (_, pb) = configure_pair(&pair, dir.path(), &ia, &ib, "10.251.0.1", "10.251.0.2");
 
     let inner = Capture::start(&pair.b.name, &ib, dir.path().join("inner.pcap"));
     ping(
@@ -147,7 +128,7 @@ fn two_tunnels_ping_show_handshake_and_leak_nothing() {
     }
     // `wg showconf` round-trips what `wg set` configured.
     let conf = ns_run(&pair.a.name, &["wg", "showconf", &ia]);
-    let private = std::fs::read_to_string(&ka).unwrap();
+    let private = std::fs::read_to_string(dir.path().join("a.key")).unwrap();
     for line in [
         format!("ListenPort = {PORT}"),
         format!("PrivateKey = {}", private.trim()),
@@ -168,26 +149,7 @@ fn interop_with_wireguard_go_both_initiators() {
     let (ia, ib) = (format!("wst{}a", pair.id), format!("wgo{}b", pair.id));
     let _ours = start_wireseal(&pair.a.name, &ia);
     let _theirs = start_wireguard_go(&pair.b.name, &ib);
-    let (ka, pa) = genkey(dir.path(), "a.key");
-    let (kb, pb) = genkey(dir.path(), "b.key");
-    configure(
-        &pair.a.name,
-        &ia,
-        &ka,
-        &pb,
-        "10.251.0.2",
-        &pair.under_b,
-        "10.251.0.1",
-    );
-    configure(
-        &pair.b.name,
-        &ib,
-        &kb,
-        &pa,
-        "10.251.0.1",
-        &pair.under_a,
-        "10.251.0.2",
-    );
+    let (pa, pb) = configure_pair(&pair, dir.path(), &ia, &ib, "10.251.0.1", "10.251.0.2");
 
     // wireguard-go sends first, so it initiates the handshake.
     let wire = Capture::start(&pair.a.name, &pair.veth_a, dir.path().join("1.pcap"));
@@ -420,26 +382,7 @@ fn a_restarted_tunnel_is_back_after_one_reapply() {
     let (ia, ib) = (format!("wst{}a", pair.id), format!("wst{}b", pair.id));
     let _da = start_wireseal(&pair.a.name, &ia);
     let mut db = start_wireseal(&pair.b.name, &ib);
-    let (ka, pa) = genkey(dir.path(), "a.key");
-    let (kb, pb) = genkey(dir.path(), "b.key");
-    configure(
-        &pair.a.name,
-        &ia,
-        &ka,
-        &pb,
-        "10.251.0.2",
-        &pair.under_b,
-        "10.251.0.1",
-    );
-    configure(
-        &pair.b.name,
-        &ib,
-        &kb,
-        &pa,
-        "10.251.0.1",
-        &pair.under_a,
-        "10.251.0.2",
-    );
+    let (pa, _) = configure_pair(&pair, dir.path(), &ia, &ib, "10.251.0.1", "10.251.0.2");
     ping(&pair.a.name, "10.251.0.2", &[]);
 
     // B's datapath restarts; its agent re-applies the same configuration.
@@ -448,7 +391,7 @@ fn a_restarted_tunnel_is_back_after_one_reapply() {
     configure(
         &pair.b.name,
         &ib,
-        &kb,
+        &dir.path().join("b.key"),
         &pa,
         "10.251.0.1",
         &pair.under_a,

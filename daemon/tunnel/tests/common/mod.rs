@@ -288,6 +288,24 @@ pub fn host_prefix(ip: &str) -> u8 {
 /// Configures one side with `wg set` and puts `tunnel_ip`/32 (/128) on the interface with a
 /// route to the peer's tunnel IP. The datapath never does addresses or routes itself.
 #[allow(clippy::too_many_arguments)]
+/// Generates a key for each side of `pair` and configures each datapath to
+/// peer with the other: tunnel addresses `ip_a` / `ip_b`, endpoints on the
+/// underlay. Returns the public keys of a and b.
+pub fn configure_pair(
+    pair: &Pair,
+    dir: &Path,
+    ia: &str,
+    ib: &str,
+    ip_a: &str,
+    ip_b: &str,
+) -> (String, String) {
+    let (ka, pa) = genkey(dir, "a.key");
+    let (kb, pb) = genkey(dir, "b.key");
+    configure(&pair.a.name, ia, &ka, &pb, ip_b, &pair.under_b, ip_a);
+    configure(&pair.b.name, ib, &kb, &pa, ip_a, &pair.under_a, ip_b);
+    (pa, pb)
+}
+
 pub fn configure(
     ns: &str,
     iface: &str,
