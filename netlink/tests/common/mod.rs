@@ -75,6 +75,17 @@ impl Netns {
         Fut: Future<Output = T>,
         T: Send,
     {
+        self.run_for(TEST_TIMEOUT, body)
+    }
+
+    /// [`Self::run`] with its own bound, for bodies that are slow by nature
+    /// (thousands of peers in an emulated VM).
+    pub fn run_for<F, Fut, T>(&self, limit: Duration, body: F) -> T
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = T>,
+        T: Send,
+    {
         let path = format!("/run/netns/{}", self.name);
         std::thread::scope(|scope| {
             let worker = scope.spawn(move || {
@@ -87,7 +98,7 @@ impl Netns {
                     .build()
                     .expect("tokio runtime");
                 runtime.block_on(async move {
-                    tokio::time::timeout(TEST_TIMEOUT, body())
+                    tokio::time::timeout(limit, body())
                         .await
                         .expect("test body timed out")
                 })
