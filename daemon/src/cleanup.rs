@@ -85,7 +85,7 @@ fn stop_userspace(socket: &Path) -> Result<Option<i32>> {
     let credentials = getsockopt(&stream, PeerCredentials)
         .with_context(|| format!("reading the peer of {}", socket.display()))?;
     drop(stream);
-    let pid = credentials.pid();
+    let pid = signalable_pid(credentials.pid(), socket)?;
     kill(Pid::from_raw(pid), Signal::SIGTERM).with_context(|| format!("stopping pid {pid}"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while socket.exists() && Instant::now() < deadline {
@@ -96,4 +96,35 @@ fn stop_userspace(socket: &Path) -> Result<Option<i32>> {
         let _ = std::fs::remove_file(socket);
     }
     Ok(Some(pid))
+}
+
+/// The peer's pid as the kernel reports it to this process. A process outside
+/// this PID namespace (the tunnel container, seen from a pod without `hostPID`)
+/// is reported as pid 0, and `kill(0, …)` would signal this command's own
+/// process group instead: refuse rather than stop the wrong process.
+fn signalable_pid(pid: i32, socket: &Path) -> Result<i32> {
+    if pid > 0 {
+        return Ok(pid);
+    }
+    anyhow::bail!(
+        "a process answers on {} but is outside this PID namespace (peer pid {pid}); \
+         stop it first (delete the DaemonSet), or run the cleanup with hostPID",
+        socket.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_outside_the_pid_namespace_is_never_signalled() {
+        let socket = Path::new("/var/run/wireguard/wireseal0.sock");
+        assert_eq!(signalable_pid(4242, socket).unwrap(), 4242);
+        for hidden in [0, -1] {
+            let err = signalable_pid(hidden, socket).unwrap_err().to_string();
+            assert!(err.contains("outside this PID namespace"), "{err}");
+            assert!(err.contains("wireseal0.sock"), "{err}");
+        }
+    }
 }
