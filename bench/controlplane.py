@@ -1,21 +1,33 @@
 #!/usr/bin/env python3
 """Control-plane benchmark for wireseal (see bench/README.md).
 
-Per size N: one network namespace `wscp-n`, the fake apiserver holding N remote
-Nodes (+ this node, `self`), one `wireseal-tunnel` and one real `wireseal agent
---datapath userspace`, all inside it. Measures:
+Per size N: one network namespace `wscp-N` holding the fake apiserver with N
+remote Nodes (+ this node, `self`), a userspace datapath and one real
+`wireseal agent --datapath userspace`.
 
-* initial full sync: agent start -> all N peers in the tunnel (UAPI `get=1`) and in
-  the agent's /status;
-* change latency: merge-PATCH one Node's `wireseal.dev/public-key` (or endpoint)
-  -> the tunnel's UAPI shows the new key and no longer the old one (endpoint: the
-  new endpoint);
-* per change: the agent's "applying plan" / "applied routing plan" log fields and
-  the kernel's route/rule/link events (`ip monitor`) in the namespace;
-* VmRSS/VmHWM of agent, tunnel and fake apiserver; agent CPU.
+The datapath is, by default (`--tunnel fake`), bench/fake_tunnel.py: the TUN
+link and the WireGuard UAPI in memory, where every peer reports a handshake.
+The agent's make-before-break gate (a peer's routes wait for its first
+handshake) then opens, and the agent installs the real routes and the real
+policy rule through its real netlink code. With `--tunnel real`, the real
+`wireseal-tunnel`: its peers never complete a handshake, so no route is ever
+installed and only the device is measured (the setup of the runs before
+2026-11-23-controlplane-routes).
 
-The fake peers never answer, so no handshake completes and (make-before-break) no
-route is ever installed: route programming is not measured, only peers.
+Measured:
+* initial sync: agent start -> N peers in the device, N routes in table 51830
+  and the rule in the kernel, N peers in the agent's /status;
+* per change (public key, pod CIDR or endpoint of one Node; a Node added; a Node
+  deleted): time from the API request to the device being programmed (fake
+  tunnel: its own record of the `set=1`; real tunnel: `get=1` polled) and to
+  the route being in the kernel (the kernel's notifications, recorded by
+  bench/netlink_events.py); the agent's passes and plans, the netlink writes
+  it logged, the kernel's route/rule notifications, its CPU;
+* VmRSS/VmHWM of the agent, the apiserver and the tunnel; idle CPU.
+
+Every time compared is CLOCK_MONOTONIC (this script, the fake tunnel and the
+netlink listener read the same clock), except "plan logged", which compares
+the agent's wall-clock log timestamps with the wall-clock time of the request.
 
 Root only, Python 3 standard library only.
 """
@@ -40,12 +52,19 @@ import time
 
 PREFIX = "wscp"
 IFACE = "wireseal0"
+TABLE, RULE_PRIORITY = 51830, 90  # the agent's defaults
 API_PORT, ADMIN_PORT, STATUS_PORT = 6443, 6444, 9830
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CLONE_NEWNET = 0x40000000
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
 KEY_ANN, EP_ANN = "wireseal.dev/public-key", "wireseal.dev/endpoint"
+CIDR_ANN = "wireseal.dev/pod-cidrs"
 NOTES = "## Observations (hand-written)"
+KINDS = ["key", "cidr", "endpoint", "add", "delete"]
+KIND_TEXT = {"key": "public key of one node", "cidr": "pod CIDR of one node",
+             "endpoint": "endpoint of one node", "add": "node added",
+             "delete": "node deleted"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -115,11 +134,11 @@ def b64_to_hex(key):
 
 # --- the cluster ----------------------------------------------------------------
 
-def node_ip(i):  # remote node i (0-based); self is 198.18.0.1
+def node_ip(i):  # node i (0-based); self is 198.18.0.1
     return f"198.18.{i // 250}.{i % 250 + 2}"
 
 
-def pod_cidr(i):
+def pod_cidr(i):  # i < 5,000 stays in 10.0.0.0-10.19.255.0; self has 10.250.0.0/24
     return f"10.{i // 256}.{i % 256}.0/24"
 
 
@@ -136,13 +155,25 @@ def node_object(name, ip, cidr, annotations):
     return obj
 
 
-def make_nodes(n, rng):
-    keys = [new_public_key(rng) for _ in range(n)]
-    items = [node_object("self", "198.18.0.1", "10.250.0.0/24", None)]
-    for i in range(n):
-        items.append(node_object(f"node-{i}", node_ip(i), pod_cidr(i),
-                                 {KEY_ANN: keys[i], EP_ANN: f"{node_ip(i)}:51830"}))
-    return {"apiVersion": "v1", "kind": "NodeList", "items": items}, keys
+class Cluster:
+    """What the remote Nodes say, as this script last wrote it."""
+
+    def __init__(self, n, rng):
+        self.rng = rng
+        self.nodes = {}  # name -> {"key": b64, "ip", "cidr", "endpoint"}
+        for i in range(n):
+            self.nodes[f"node-{i}"] = {"key": new_public_key(rng), "ip": node_ip(i),
+                                       "cidr": pod_cidr(i), "endpoint": f"{node_ip(i)}:51830"}
+
+    def node_list(self):
+        items = [node_object("self", "198.18.0.1", "10.250.0.0/24", None)]
+        for name, node in self.nodes.items():
+            items.append(node_object(name, node["ip"], node["cidr"],
+                                     {KEY_ANN: node["key"], EP_ANN: node["endpoint"]}))
+        return {"apiVersion": "v1", "kind": "NodeList", "items": items}
+
+    def cidrs(self):
+        return {node["cidr"] for node in self.nodes.values()}
 
 
 # --- probes ------------------------------------------------------------------------
@@ -166,14 +197,22 @@ def uapi_get(sock_path):
         s.close()
 
 
-def uapi_peer_section(answer, hexkey):
-    """The `public_key=` section of one peer, or None."""
+def uapi_peer(answer, hexkey):
+    """One peer of a `get=1` answer as {"endpoint", "allowed_ips"}, or None."""
     marker = b"public_key=" + hexkey.encode() + b"\n"
     at = answer.find(marker)
     if at < 0:
         return None
     end = answer.find(b"public_key=", at + len(marker))
-    return answer[at:end if end >= 0 else len(answer)]
+    section = answer[at:end if end >= 0 else len(answer)].decode()
+    peer = {"endpoint": None, "allowed_ips": []}
+    for line in section.splitlines():
+        key, _, value = line.partition("=")
+        if key == "endpoint":
+            peer["endpoint"] = value
+        elif key == "allowed_ip":
+            peer["allowed_ips"].append(value)
+    return peer
 
 
 def http_req(port, method, path, body=None, ctype=None, timeout=30):
@@ -220,28 +259,53 @@ def proc_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, s
 
 
-class LogTail:
-    """Reads the JSON lines an agent appended to its log since the last call."""
+def machine_cpu():
+    """(busy, total) jiffies of the whole machine."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return [float(v) for v in f.read().split()[:3]]
+
+
+def qemu_processes():
+    """How many qemu processes run on the machine (other people's VMs load it)."""
+    count = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    count += f.read().startswith("qemu")
+            except OSError:
+                pass
+    return count
+
+
+class JsonLines:
+    """The JSON lines appended to a file since the last call."""
 
     def __init__(self, path):
-        self.path, self.offset = path, 0
-
-    def skip(self):
-        self.offset = os.path.getsize(self.path)
+        self.file = open(path, "rb")
+        self.partial = b""
 
     def read(self):
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
+        data = self.partial + self.file.read()
         cut = data.rfind(b"\n") + 1
-        self.offset += cut
+        self.partial = data[cut:]
         out = []
         for line in data[:cut].splitlines():
             try:
                 out.append(json.loads(line))
             except ValueError:
-                pass
+                pass  # the agent's non-JSON lines (none expected)
         return out
+
+    def close(self):
+        self.file.close()
 
 
 def fields(entry):
@@ -265,25 +329,104 @@ def epoch(ts):
 
 
 def summarize_logs(entries, wall0=None):
-    plans = [fields(e) for e in entries if msg(e) == "applying plan"]
-    first = [e for e in entries if msg(e) == "applying plan"][:1]
-    routing = [fields(e) for e in entries if msg(e) == "applied routing plan"]
+    """What the agent's log says about the passes that changed something."""
+    plans = [e for e in entries if msg(e) == "applying plan"]
+    applied = [fields(e) for e in entries if msg(e) == "applied plan"]
     return {
         "plans": len(plans),
-        "plan": {k: sum(int(p.get(k, 0)) for p in plans) for k in PLAN_KEYS},
-        "routing_applies": len(routing),
-        "netlink_writes_logged": sum(int(r.get("writes", 0)) for r in routing),
+        "plan": {k: sum(int(fields(p).get(k, 0)) for p in plans) for k in PLAN_KEYS},
+        # the agent's own count of rtnetlink write requests (link, routes, rules)
+        "netlink_writes": sum(int(a.get("netlink_writes", 0)) for a in applied),
+        "apply_ms": round(sum(float(a.get("apply_ms", 0)) for a in applied), 2),
+        "apply_failed": sum(1 for a in applied if not a.get("ok", True)),
         "warnings": [fields(e).get("message") for e in entries
                      if e.get("level") in ("WARN", "ERROR")][:5],
-        # when the agent logged its plan, after the PATCH was sent
-        "plan_logged_ms": round((epoch(first[0]["timestamp"]) - wall0) * 1e3, 1)
-        if first and wall0 is not None else None,
+        # when the agent logged its first plan, after the request was sent
+        "plan_logged_ms": round((epoch(plans[0]["timestamp"]) - wall0) * 1e3, 1)
+        if plans and wall0 is not None else None,
     }
 
 
-def count_lines(path):
-    with open(path, "rb") as f:
-        return sum(1 for _ in f)
+class Observer:
+    """Follows the agent's log, the kernel's notifications and (fake tunnel) the
+    device's record, keeping the routes, rules and peers they add up to."""
+
+    def __init__(self, agent_log, netlink_log, tunnel_log):
+        self.agent = JsonLines(agent_log)
+        self.netlink = JsonLines(netlink_log)
+        self.tunnel = JsonLines(tunnel_log) if tunnel_log else None
+        self.routes = {}  # dst -> time it appeared, in wireseal's table
+        self.rules = set()  # (family, priority) of rules pointing at wireseal's table
+        self.peers = {}  # hex key -> {"endpoint", "allowed_ips"} (fake tunnel only)
+        self.last_activity = time.monotonic()
+
+    def poll(self):
+        """New (agent entries, kernel events, device events) since the last call.
+        Applying the events to the state is left to the caller, event by event,
+        so it can tell which event completed a change."""
+        new = (self.agent.read(), self.netlink.read(),
+               self.tunnel.read() if self.tunnel else [])
+        if any(new):
+            self.last_activity = time.monotonic()
+        return new
+
+    def apply_kernel(self, ev):
+        if ev["ev"] in ("route+", "route-") and ev["table"] == TABLE:
+            if ev["ev"] == "route+":
+                self.routes.setdefault(ev["dst"], ev["t"])
+            else:
+                self.routes.pop(ev["dst"], None)
+        elif ev["ev"] in ("rule+", "rule-") and ev["table"] == TABLE:
+            (self.rules.add if ev["ev"] == "rule+" else self.rules.discard)(
+                (ev["family"], ev["priority"]))
+
+    def drain(self):
+        """Reads and applies everything that happened so far."""
+        agent, kernel, device = self.poll()
+        for ev in kernel:
+            self.apply_kernel(ev)
+        for ev in device:
+            self.apply_device(ev)
+        return agent, kernel, device
+
+    def apply_device(self, ev):
+        if "upsert" not in ev:
+            return  # a get=1 record
+        for key in ev["remove"]:
+            self.peers.pop(key, None)
+        self.peers.update(ev["upsert"])
+
+    def close(self):
+        for tail in (self.agent, self.netlink, self.tunnel):
+            if tail:
+                tail.close()
+
+
+def device_matches(expect, lookup):
+    """`expect`: hex key -> None (must be absent) or the attributes it must have."""
+    for key, want in expect.items():
+        have = lookup(key)
+        if want is None:
+            if have is not None:
+                return False
+        elif have is None or any(
+                sorted(have[k]) != sorted(v) if isinstance(v, list) else have[k] != v
+                for k, v in want.items()):
+            return False
+    return True
+
+
+def kernel_counts(events):
+    out = {"route+": 0, "route-": 0, "rule+": 0, "rule-": 0, "link": 0, "overrun": 0}
+    for ev in events:
+        kind = ev["ev"]
+        if kind in ("route+", "route-", "rule+", "rule-") and ev["table"] == TABLE:
+            out[kind] += 1
+        elif kind in ("link+", "link-") and ev["name"] == IFACE:
+            out["link"] += 1
+        elif kind == "overrun":
+            out["overrun"] += 1
+    return out
 
 
 # --- one size ------------------------------------------------------------------------
@@ -293,11 +436,15 @@ class Procs:
         self.procs = {}
 
     def start(self, name, cmd, logfile, ns):
-        f = open(logfile, "wb")
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=f,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        with open(logfile, "wb") as f:
+            # `ip netns exec` execs the program: the Popen pid is the program's.
+            p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=f,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = p
         return p
+
+    def pid(self, name):
+        return self.procs[name].pid
 
     def stop(self, name, timeout=10):
         p = self.procs.pop(name, None)
@@ -311,7 +458,7 @@ class Procs:
             p.wait()
 
     def stop_all(self):
-        for name in ["agent", "ipmon", "tunnel", "apiserver"]:
+        for name in ["agent", "tunnel", "netlink", "apiserver"]:
             self.stop(name)
 
     def alive(self, name):
@@ -329,204 +476,393 @@ def wait_for(what, timeout, check, interval=0.05):
         time.sleep(interval)
 
 
-def run_size(n, args, outdir, host_ns):
-    ns = f"{PREFIX}-{n}"
-    rng = random.Random(n)
-    work = tempfile.mkdtemp(prefix=f"{PREFIX}-{n}-")
-    uapi_dir, state_dir = os.path.join(work, "uapi"), os.path.join(work, "state")
-    os.makedirs(uapi_dir, mode=0o700)
-    os.makedirs(state_dir, mode=0o700)
-    sock = os.path.join(uapi_dir, f"{IFACE}.sock")
-    logdir = os.path.join(outdir, "runs", f"n{n}")
-    os.makedirs(logdir, exist_ok=True)
-    res = {"nodes": n}
+def kernel_routes(ns):
+    """The routes in wireseal's table and its rules, read back from the kernel."""
+    res = run(["ip", "-n", ns, "-j", "route", "show", "table", str(TABLE)], check=False)
+    if res.returncode != 0 and "table does not exist" not in res.stderr:  # no route ever
+        raise RuntimeError(f"ip route show table {TABLE}: {res.stderr}")
+    routes = json.loads(res.stdout or "[]") if res.returncode == 0 else []
+    rules = [r for r in json.loads(run(["ip", "-n", ns, "-j", "rule", "show"]).stdout or "[]")
+             if str(r.get("table")) == str(TABLE)]
+    return {r["dst"] for r in routes}, rules
 
-    t = time.monotonic()
-    nodes, keys = make_nodes(n, rng)
-    with open(os.path.join(work, "nodes.json"), "w") as f:
-        json.dump(nodes, f)
-    log(f"N={n}: {n} Node objects generated in {time.monotonic() - t:.1f}s")
 
-    run(["ip", "netns", "del", ns], check=False)
-    run(["ip", "netns", "add", ns])
-    procs = Procs()
-    try:
+class SizeRun:
+    """Everything about one size: processes, state, measurements."""
+
+    def __init__(self, n, args, outdir):
+        self.n, self.args = n, args
+        self.fake = args.tunnel == "fake"
+        self.ns = f"{PREFIX}-{n}"
+        self.rng = random.Random(n)
+        self.work = tempfile.mkdtemp(prefix=f"{PREFIX}-{n}-")
+        self.uapi_dir = os.path.join(self.work, "uapi")
+        self.sock = os.path.join(self.uapi_dir, f"{IFACE}.sock")
+        self.logdir = os.path.join(outdir, "runs", f"n{n}")
+        os.makedirs(self.logdir, exist_ok=True)
+        for name in os.listdir(self.logdir):  # a size run again starts clean
+            os.remove(os.path.join(self.logdir, name))
+        self.procs = Procs()
+        self.obs = None
+        self.res = {"nodes": n, "tunnel": args.tunnel}
+
+    def path(self, name):
+        return os.path.join(self.logdir, name)
+
+    def setup(self, host_ns):
+        t = time.monotonic()
+        self.cluster = Cluster(self.n, self.rng)
+        with open(os.path.join(self.work, "nodes.json"), "w") as f:
+            json.dump(self.cluster.node_list(), f)
+        log(f"N={self.n}: {self.n} Node objects generated in {time.monotonic() - t:.1f}s")
+        ns = self.ns
+        run(["ip", "netns", "del", ns], check=False)
+        run(["ip", "netns", "add", ns])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        # the underlay: a veth pair inside the namespace (no dummy module here)
+        # the underlay: a veth pair inside the namespace (no dummy module here);
+        # every node's endpoint is reachable through it, so --mtu auto finds 1500
         run(["ip", "-n", ns, "link", "add", f"{PREFIX}-ul", "type", "veth", "peer",
              "name", f"{PREFIX}-ul2"])
         run(["ip", "-n", ns, "addr", "add", "198.18.0.1/15", "dev", f"{PREFIX}-ul"])
         run(["ip", "-n", ns, "link", "set", f"{PREFIX}-ul2", "up"])
         run(["ip", "-n", ns, "link", "set", f"{PREFIX}-ul", "up"])
+        # this process's probes (HTTP to 127.0.0.1) run in the namespace too
         setns(f"/run/netns/{ns}")
 
-        bins = args.bin_dir
-        kubeconfig = os.path.join(work, "kubeconfig")
-        api = procs.start("apiserver", [
+        bins = self.args.bin_dir
+        self.kubeconfig = os.path.join(self.work, "kubeconfig")
+        self.procs.start("apiserver", [
             os.path.join(bins, "fake-apiserver"), "--listen", f"127.0.0.1:{API_PORT}",
             "--admin-listen", f"127.0.0.1:{ADMIN_PORT}", "--nodes",
-            os.path.join(work, "nodes.json"), "--kubeconfig-out", kubeconfig,
-            "--log", "warn"], os.path.join(logdir, "apiserver.log"), ns)
-        wait_for("fake-apiserver", 120, lambda: b"listening on" in open(
-            os.path.join(logdir, "apiserver.log"), "rb").read())
-        procs.start("tunnel", [os.path.join(bins, "wireseal-tunnel"), "--interface", IFACE,
-                               "--uapi-dir", uapi_dir],
-                    os.path.join(logdir, "tunnel.log"), ns)
-        wait_for("tunnel UAPI socket", 30, lambda: os.path.exists(sock))
-        wait_for("tunnel UAPI answer", 30, lambda: b"errno=0" in uapi_get(sock))
+            os.path.join(self.work, "nodes.json"), "--kubeconfig-out", self.kubeconfig,
+            "--log", "warn"], self.path("apiserver.log"), ns)
+        wait_for("fake-apiserver", 120,
+                 lambda: b"listening on" in open(self.path("apiserver.log"), "rb").read())
+        # the listener starts before anything touches wireseal's table
+        self.procs.start("netlink", [sys.executable, os.path.join(BENCH, "netlink_events.py"),
+                                     "--out", self.path("netlink-events.jsonl")],
+                         self.path("netlink-events.log"), ns)
+        wait_for("netlink listener", 30, lambda: os.path.exists(
+            self.path("netlink-events.jsonl")) and os.path.getsize(
+            self.path("netlink-events.jsonl")) > 0)
+        tunnel_events = self.path("tunnel-events.jsonl") if self.fake else None
+        if self.fake:
+            cmd = [sys.executable, os.path.join(BENCH, "fake_tunnel.py"), "--interface", IFACE,
+                   "--uapi-dir", self.uapi_dir, "--events", tunnel_events]
+            open(tunnel_events, "w").close()
+        else:
+            cmd = [os.path.join(bins, "wireseal-tunnel"), "--interface", IFACE,
+                   "--uapi-dir", self.uapi_dir]
+        self.procs.start("tunnel", cmd, self.path("tunnel.log"), ns)
+        wait_for("tunnel UAPI socket", 30, lambda: os.path.exists(self.sock))
+        wait_for("tunnel UAPI answer", 30, lambda: b"errno=0" in uapi_get(self.sock))
+        open(self.path("agent.log"), "w").close()
+        self.obs = Observer(self.path("agent.log"), self.path("netlink-events.jsonl"),
+                            tunnel_events)
 
-        # (1) initial sync
-        agent_log = os.path.join(logdir, "agent.log")
-        t0 = time.monotonic()
-        agent = procs.start("agent", [
-            os.path.join(bins, "wireseal"), "--log-format", "json", "agent",
-            "--datapath", "userspace", "--uapi-dir", uapi_dir, "--kubeconfig", kubeconfig,
-            "--node-name", "self", "--state-dir", state_dir,
+    def cpu(self, name):
+        return proc_cpu(self.procs.pid(name))
+
+    def mem(self):
+        return {k: proc_mem(self.procs.pid(k)) for k in ["agent", "tunnel", "apiserver"]}
+
+    # -- initial sync --
+
+    def initial_sync(self):
+        n, obs = self.n, self.obs
+        t0, wall0 = time.monotonic(), time.time()
+        self.procs.start("agent", [
+            os.path.join(self.args.bin_dir, "wireseal"), "--log-format", "json", "agent",
+            "--datapath", "userspace", "--uapi-dir", self.uapi_dir,
+            "--kubeconfig", self.kubeconfig, "--node-name", "self",
+            "--state-dir", os.path.join(self.work, "state"),
             "--status-addr", f"127.0.0.1:{STATUS_PORT}", "--resync-interval", "3600"],
-            agent_log, ns)
-        # `ip netns exec` execs the program: the Popen pid is the agent's.
-        tail = LogTail(agent_log)
-        t_uapi = t_status = None
-        peak = {"agent": 0, "tunnel": 0}
-        deadline = t0 + args.sync_timeout
-        while t_uapi is None or t_status is None:
-            if not procs.alive("agent"):
-                raise RuntimeError(f"agent exited; see {agent_log}")
-            now = time.monotonic()
-            if now > deadline:
-                raise TimeoutError(f"initial sync of {n} peers not done in {args.sync_timeout}s")
-            if t_uapi is None:
-                try:
-                    if uapi_get(sock).count(b"public_key=") >= n:
-                        t_uapi = time.monotonic() - t0
-                except OSError:
-                    pass
-            if t_status is None:
+            self.path("agent.log"), self.ns)
+        entries, kernel_all = [], []
+        # real tunnel: no handshake, so no route to wait for
+        t = {"peers": None, "routes": None if self.fake else "-", "status": None}
+        deadline = t0 + self.args.sync_timeout
+        while None in t.values():
+            if not self.procs.alive("agent"):
+                raise RuntimeError(f"agent exited; see {self.path('agent.log')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"initial sync of {n} nodes not done: {t}")
+            new_entries, kernel, device = obs.poll()
+            entries += new_entries
+            kernel_all += kernel
+            for ev in device:
+                obs.apply_device(ev)
+                if t["peers"] is None and len(obs.peers) >= n:
+                    t["peers"] = ev["t"] - t0
+            for ev in kernel:
+                obs.apply_kernel(ev)
+                if (self.fake and t["routes"] is None and len(obs.routes) >= n
+                        and (4, RULE_PRIORITY) in obs.rules):
+                    t["routes"] = ev["t"] - t0
+            if not self.fake:
+                if t["peers"] is None:
+                    try:
+                        if uapi_get(self.sock).count(b"public_key=") >= n:
+                            t["peers"] = time.monotonic() - t0
+                    except OSError:
+                        pass
+            if t["status"] is None:
                 try:
                     st = agent_status()
-                    if st.get("synced") and sum(
-                            1 for p in st["peers"] if p.get("publicKey")) >= n:
-                        t_status = time.monotonic() - t0
+                    # fake tunnel: every peer counts as encrypted; real: only keyed
+                    good = sum(1 for p in st["peers"]
+                               if (p.get("encrypted") if self.fake else p.get("publicKey")))
+                    if st.get("synced") and good >= n:
+                        t["status"] = time.monotonic() - t0
                 except (OSError, RuntimeError, ValueError):
                     pass
+            # the kernel's and the tunnel's events carry their own times; only
+            # /status (1-2 MB at 5,000 nodes, built by the agent) is polled
             time.sleep(0.05 if n <= 1000 else 0.2)
-        sync_logs = summarize_logs(tail.read())
-        res["initial_sync"] = {"uapi_s": round(t_uapi, 3), "status_s": round(t_status, 3),
-                               "logs": sync_logs,
-                               "agent_cpu_s": proc_cpu(agent.pid),
-                               "tunnel_cpu_s": proc_cpu(procs.procs["tunnel"].pid)}
-        log(f"N={n}: initial sync: UAPI {t_uapi:.2f}s, /status {t_status:.2f}s, "
-            f"{sync_logs['plans']} plan(s) {sync_logs['plan']}")
-        res["mem_after_sync_kB"] = {k: proc_mem(procs.procs[k].pid)
-                                    for k in ["agent", "tunnel", "apiserver"]}
+        # Follow-up passes (the agent reacts to its own netlink changes too).
+        more = self.wait_quiet()
+        entries += more[0]
+        kernel_all += more[1]
+        routes, rules = kernel_routes(self.ns)
+        want = self.cluster.cidrs() if self.fake else set()
+        sync = {"peers_s": round(t["peers"], 3),
+                "routes_s": round(t["routes"], 3) if self.fake else None,
+                "status_s": round(t["status"], 3),
+                "logs": summarize_logs(entries, wall0),
+                "kernel": kernel_counts(kernel_all),
+                "passes": reconciles(),
+                "routes_in_table": len(routes), "routes_expected": len(want),
+                "routes_exact": routes == want, "rules": rules,
+                "agent_cpu_s": self.cpu("agent"), "tunnel_cpu_s": self.cpu("tunnel")}
+        if self.fake:
+            sync["peers_exact"] = set(obs.peers) == {
+                b64_to_hex(node["key"]) for node in self.cluster.nodes.values()}
+        self.res["initial_sync"] = sync
+        self.res["mem_after_sync_kB"] = self.mem()
+        log(f"N={n}: initial sync: peers {t['peers']:.2f}s, routes {sync['routes_s'] or '-'} s, "
+            f"/status {t['status']:.2f}s; {sync['routes_in_table']} routes in table "
+            f"(expected {len(want)}, exact: {sync['routes_exact']}), {len(rules)} rule(s), "
+            f"{sync['logs']['plans']} plans {sync['logs']['plan']}, "
+            f"netlink writes {sync['logs']['netlink_writes']}")
+        if not sync["routes_exact"]:
+            log(f"N={n}: WARNING: the routes in table {TABLE} are not the expected ones")
 
-        # idle: what the agent spends with N peers that never handshake, after the
-        # handshake-poll back-off (100 ms doubling to 5 s) has reached its maximum
-        time.sleep(args.idle_wait)
-        tail.read()
-        r0 = reconciles()
-        tun_pid = procs.procs["tunnel"].pid
-        c0, w0, tc0 = proc_cpu(agent.pid), time.monotonic(), proc_cpu(tun_pid)
-        time.sleep(args.idle)
-        idle_logs = tail.read()
-        res["idle"] = {"seconds": round(time.monotonic() - w0, 1),
-                       "agent_cpu_s": round(proc_cpu(agent.pid) - c0, 3),
-                       "tunnel_cpu_s": round(proc_cpu(tun_pid) - tc0, 3),
-                       "passes": reconciles() - r0,
-                       "logs": summarize_logs(idle_logs),
-                       "log_lines": len(idle_logs)}
-        log(f"N={n}: idle {args.idle}s: agent CPU {res['idle']['agent_cpu_s']}s, "
-            f"tunnel CPU {res['idle']['tunnel_cpu_s']}s, {res['idle']['passes']} passes")
+    def wait_quiet(self, until=None):
+        """Reads everything until nothing new came for --quiet seconds (and `until`,
+        if given, holds). Returns what was read; the caller applies the events."""
+        got = ([], [], [])
+        deadline = time.monotonic() + self.args.timeout
+        while True:
+            for have, more in zip(got, self.obs.drain()):
+                have += more
+            now = time.monotonic()
+            done = until is None or until()
+            if done and now - self.obs.last_activity >= self.args.quiet:
+                return got
+            if now > deadline:
+                log(f"N={self.n}: WARNING: not settled within {self.args.timeout}s")
+                return got
+            time.sleep(0.01)
 
-        # (2)+(3) changes
-        ipmon_path = os.path.join(logdir, "ip-monitor.txt")
-        procs.start("ipmon", ["ip", "-t", "monitor", "route", "rule", "link", "address"],
-                    ipmon_path, ns)
-        time.sleep(0.5)
-        changes = []
-        for rep in range(args.reps):
-            kind = "key" if rep < args.reps - args.endpoint_reps else "endpoint"
-            i = rng.randrange(n)
-            name = f"node-{i}"
-            old_hex = b64_to_hex(keys[i])
-            if kind == "key":
-                new = new_public_key(rng)
-                patch = {KEY_ANN: new}
-                new_hex = b64_to_hex(new)
-            else:
-                port = 40000 + rep
-                patch = {EP_ANN: f"{node_ip(i)}:{port}"}
-                want_ep = f"endpoint={node_ip(i)}:{port}\n".encode()
-            time.sleep(args.gap)
-            tail.read()
-            mon0 = count_lines(ipmon_path)
-            c0 = proc_cpu(agent.pid)
-            t0, wall0 = time.monotonic(), time.time()
-            http_req(API_PORT, "PATCH", f"/api/v1/nodes/{name}",
-                     json.dumps({"metadata": {"annotations": patch}}).encode(),
-                     "application/merge-patch+json")
-            t_patch = time.monotonic() - t0
-            t_new = t_old = None
-            polls, get_s = 0, 0.0
-            while t_new is None or t_old is None:
-                if time.monotonic() - t0 > 60:
-                    raise TimeoutError(f"change {rep} ({kind} of {name}) not programmed in 60s")
+    # -- idle --
+
+    def idle(self):
+        """CPU and passes of an agent with nothing to do, after the handshake-poll
+        back-off (100 ms doubling to 5 s) has reached its maximum (real tunnel)."""
+        time.sleep(self.args.idle_wait)
+        self.obs.drain()
+        r0, c0, w0 = reconciles(), self.cpu("agent"), time.monotonic()
+        tc0 = self.cpu("tunnel")
+        time.sleep(self.args.idle)
+        entries = self.obs.drain()[0]
+        self.res["idle"] = {"seconds": round(time.monotonic() - w0, 1),
+                            "agent_cpu_s": round(self.cpu("agent") - c0, 3),
+                            "tunnel_cpu_s": round(self.cpu("tunnel") - tc0, 3),
+                            "passes": reconciles() - r0, "log_lines": len(entries)}
+        log(f"N={self.n}: idle {self.args.idle}s: agent CPU {self.res['idle']['agent_cpu_s']}s, "
+            f"{self.res['idle']['passes']} passes")
+
+    # -- changes --
+
+    def plan_change(self, kind, rnd):
+        """The API request of one change, what the device must then show, and the
+        pod CIDRs whose routes must be present / absent afterwards."""
+        nodes, rng = self.cluster.nodes, self.rng
+        originals = [name for name in nodes if name.startswith("node-")]
+        if kind == "add":
+            name, i = f"extra-{rnd}", self.n + rnd
+            node = {"key": new_public_key(rng), "ip": node_ip(i), "cidr": pod_cidr(i),
+                    "endpoint": f"{node_ip(i)}:51830"}
+            body = node_object(name, node["ip"], node["cidr"],
+                               {KEY_ANN: node["key"], EP_ANN: node["endpoint"]})
+            request = ("POST", "/api/v1/nodes", body, "application/json")
+            expect = {b64_to_hex(node["key"]): {"allowed_ips": [node["cidr"]]}}
+            nodes[name] = node
+            return name, request, expect, {node["cidr"]}, set()
+        if kind == "delete":
+            name = f"extra-{rnd}"
+            node = nodes.pop(name)
+            request = ("DELETE", f"/api/v1/nodes/{name}", None, None)
+            return name, request, {b64_to_hex(node["key"]): None}, set(), {node["cidr"]}
+        name = rng.choice(originals)
+        node = nodes[name]
+        old_hex = b64_to_hex(node["key"])
+        if kind == "key":
+            node["key"] = new_public_key(rng)
+            patch = {KEY_ANN: node["key"]}
+            expect = {b64_to_hex(node["key"]): {"allowed_ips": [node["cidr"]]}, old_hex: None}
+            present, absent = {node["cidr"]}, set()
+        elif kind == "cidr":
+            old = node["cidr"]
+            # 10.200.x.0/24 overlaps no node's CIDR (see pod_cidr)
+            node["cidr"] = f"10.{200 + rnd // 256}.{rnd % 256}.0/24"
+            patch = {CIDR_ANN: node["cidr"]}
+            expect = {old_hex: {"allowed_ips": [node["cidr"]]}}
+            present, absent = {node["cidr"]}, {old}
+        else:
+            node["endpoint"] = f"{node['ip']}:{40000 + rnd}"
+            patch = {EP_ANN: node["endpoint"]}
+            expect = {old_hex: {"endpoint": node["endpoint"]}}
+            present, absent = {node["cidr"]}, set()
+        request = ("PATCH", f"/api/v1/nodes/{name}",
+                   {"metadata": {"annotations": patch}}, "application/merge-patch+json")
+        return name, request, expect, present, absent
+
+    def change(self, kind, rnd):
+        obs = self.obs
+        name, (method, path, body, ctype), expect, present, absent = self.plan_change(kind, rnd)
+        if not self.fake:
+            present = set()  # no handshake, so never a route
+        time.sleep(self.args.gap)
+        obs.drain()  # whatever happened before belongs to no change
+        passes0, cpu0 = reconciles(), self.cpu("agent")
+        t0, wall0 = time.monotonic(), time.time()
+        http_req(API_PORT, method, path, json.dumps(body).encode() if body else None, ctype)
+        request_ms = (time.monotonic() - t0) * 1e3
+        t_device, polls, get_s = None, 0, 0.0
+        entries, kernel, device = [], [], []
+
+        def routes_ok():
+            return (present <= obs.routes.keys() and not absent & obs.routes.keys()
+                    and (not self.fake or len(obs.routes) == len(self.cluster.cidrs())))
+
+        deadline = t0 + self.args.timeout
+        while t_device is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{kind} change of {name} not in the device "
+                                   f"after {self.args.timeout}s")
+            new = obs.poll()
+            entries += new[0]
+            kernel += new[1]
+            device += new[2]
+            for ev in new[1]:
+                obs.apply_kernel(ev)
+            for ev in new[2]:
+                obs.apply_device(ev)
+                if t_device is None and device_matches(expect, obs.peers.get):
+                    t_device = ev["t"]
+            if not self.fake:
                 g0 = time.monotonic()
-                ans = uapi_get(sock)
+                answer = uapi_get(self.sock)
                 get_s += time.monotonic() - g0
                 polls += 1
-                now = time.monotonic() - t0
-                if kind == "key":
-                    if t_new is None and uapi_peer_section(ans, new_hex) is not None:
-                        t_new = now
-                    if t_old is None and uapi_peer_section(ans, old_hex) is None:
-                        t_old = now
-                else:
-                    sec = uapi_peer_section(ans, old_hex)
-                    if sec is not None and want_ep in sec:
-                        t_new = t_old = now
-                time.sleep(args.poll)
-            if kind == "key":
-                keys[i] = new
-            time.sleep(args.settle)  # let follow-up passes show in the log
-            cl = summarize_logs(tail.read(), wall0)
-            rec = {"rep": rep, "kind": kind, "node": name,
-                   "patch_rtt_ms": round(t_patch * 1e3, 1),
-                   "programmed_ms": round(max(t_new, t_old) * 1e3, 1),
-                   "new_present_ms": round(t_new * 1e3, 1),
-                   "old_gone_ms": round(t_old * 1e3, 1), "uapi_polls": polls,
-                   "uapi_get_ms_mean": round(get_s / polls * 1e3, 2),
-                   "agent_cpu_ms": round((proc_cpu(agent.pid) - c0) * 1e3),
-                   "kernel_events": count_lines(ipmon_path) - mon0, **cl}
-            changes.append(rec)
-            log(f"N={n}: change {rep} {kind} {name}: {rec['programmed_ms']} ms "
-                f"(plan logged at {cl['plan_logged_ms']} ms, UAPI get {rec['uapi_get_ms_mean']} ms), "
-                f"plans {cl['plans']} {cl['plan']}, netlink writes {cl['netlink_writes_logged']}, "
-                f"kernel events {rec['kernel_events']}")
-        res["changes"] = changes
-        res["mem_end_kB"] = {k: proc_mem(procs.procs[k].pid)
-                             for k in ["agent", "tunnel", "apiserver"]}
-        res["routes_in_table"] = len(run(["ip", "route", "show", "table", "51830"], check=False)
-                                     .stdout.splitlines())
-        res["rules"] = [r for r in run(["ip", "rule"], check=False).stdout.splitlines() if "51830" in r]
-        res["reconciles"] = [ln for ln in http_req(STATUS_PORT, "GET", "/metrics")
-                             .decode().splitlines() if ln.startswith("wireseal_reconciles")]
-    finally:
-        procs.stop_all()
+                if device_matches(expect, lambda key: uapi_peer(answer, key)):
+                    t_device = g0
+                time.sleep(self.args.poll)
+            else:
+                time.sleep(0.002)
+        more = self.wait_quiet(routes_ok)
+        entries += more[0]
+        kernel += more[1]
+        device += more[2]
+        touched = present | absent
+        route_events = [[round((ev["t"] - t0) * 1e3, 1), ev["ev"][-1], ev["dst"]]
+                        for ev in kernel if ev["ev"] in ("route+", "route-")
+                        and ev["table"] == TABLE and ev["dst"] in touched]
+        gap = None  # how long the node's pod CIDR had no route in wireseal's table
+        for (t_del, op_del, dst), (t_add, op_add, dst2) in zip(route_events, route_events[1:]):
+            if op_del == "-" and op_add == "+" and dst == dst2:
+                gap = round(t_add - t_del, 1)
+        gets = [ev["get_ms"] for ev in device if "get_ms" in ev]
+        rec = {"round": rnd, "kind": kind, "node": name,
+               "request_ms": round(request_ms, 1),
+               "device_ms": round((t_device - t0) * 1e3, 1),
+               "route_ms": route_events[-1][0] if route_events else None,
+               "route_events": route_events, "route_gap_ms": gap,
+               "routes_ok": routes_ok(),
+               "passes": reconciles() - passes0,
+               "kernel": kernel_counts(kernel),
+               "agent_cpu_ms": round((self.cpu("agent") - cpu0) * 1e3),
+               "device_gets": len(gets),
+               "device_get_ms_mean": round(statistics.mean(gets), 2) if gets else None,
+               **summarize_logs(entries, wall0)}
+        if not self.fake:
+            rec["uapi_polls"], rec["uapi_get_ms_mean"] = polls, round(get_s / polls * 1e3, 2)
+        log(f"N={self.n}: {kind} {name}: device {rec['device_ms']} ms, route {rec['route_ms']} ms "
+            f"{route_events}, plan logged {rec['plan_logged_ms']} ms, passes {rec['passes']}, "
+            f"plans {rec['plans']}, netlink writes {rec['netlink_writes']}, "
+            f"kernel {rec['kernel']}, ok {rec['routes_ok']}")
+        if not rec["routes_ok"]:
+            log(f"N={self.n}: WARNING: routes not as expected after the {kind} change of {name}")
+        return rec
+
+    def changes(self):
+        out = []
+        for rnd in range(self.args.rounds):
+            for kind in KINDS:
+                out.append(self.change(kind, rnd))
+        self.res["changes"] = out
+
+    def finish(self):
+        routes, rules = kernel_routes(self.ns)
+        want = self.cluster.cidrs() if self.fake else set()
+        self.res["end"] = {"routes_in_table": len(routes), "routes_expected": len(want),
+                           "routes_exact": routes == want, "rules": rules,
+                           "mem_kB": self.mem(),
+                           "reconciles": [ln for ln in http_req(STATUS_PORT, "GET", "/metrics")
+                                          .decode().splitlines()
+                                          if ln.startswith("wireseal_reconciles")]}
+
+    def teardown(self, host_ns):
+        if self.obs:
+            self.obs.close()
+        self.procs.stop_all()
         setns(host_ns)
-        run(["ip", "netns", "del", ns], check=False)
-        subprocess.run(["rm", "-rf", work], check=False)
-        for name in os.listdir(logdir):  # the tunnel logs a WARN per unanswered handshake
-            path = os.path.join(logdir, name)
-            if not name.endswith(".gz") and os.path.getsize(path) > 1 << 20:
+        run(["ip", "netns", "del", self.ns], check=False)
+        subprocess.run(["rm", "-rf", self.work], check=False)
+        # the real tunnel logs a WARN per lost handshake; the event records of the
+        # 5,000-node sync hold every peer and route
+        for name in os.listdir(self.logdir):
+            path = os.path.join(self.logdir, name)
+            if not name.endswith(".gz") and os.path.getsize(path) > 256 << 10:
                 subprocess.run(["gzip", "-f", path], check=False)
-    return res
+
+
+def run_size(n, args, outdir, host_ns):
+    size = SizeRun(n, args, outdir)
+    load0, busy0 = loadavg(), machine_cpu()
+    size.res["machine_before"] = {"loadavg": load0, "qemu_processes": qemu_processes()}
+    try:
+        size.setup(host_ns)
+        size.initial_sync()
+        size.idle()
+        size.changes()
+        size.finish()
+    finally:
+        size.teardown(host_ns)
+    busy1 = machine_cpu()
+    size.res["machine"] = {
+        "loadavg_before": load0, "loadavg_after": loadavg(),
+        "qemu_processes": size.res.pop("machine_before")["qemu_processes"],
+        # of all cores, over the whole size (this benchmark included)
+        "busy_pct": round(100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 1)}
+    return size.res
 
 
 # --- report --------------------------------------------------------------------------
 
 def pct(values, q):
-    v = sorted(values)
+    v = sorted(x for x in values if x is not None)
     if not v:
         return None
     k = (len(v) - 1) * q
@@ -534,47 +870,110 @@ def pct(values, q):
     return round(v[lo] + (v[hi] - v[lo]) * (k - lo), 1)
 
 
+def spread(values):
+    """median / p90 / max, or '-'."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-"
+    return f"{pct(v, .5):g} / {pct(v, .9):g} / {max(v):g}"
+
+
+def counts(values):
+    """A count that should not vary: '2', else 'min–max (median m)'."""
+    v = sorted(values)
+    if not v:
+        return "-"
+    if v[0] == v[-1]:
+        return f"{v[0]:g}"
+    return f"{v[0]:g}–{v[-1]:g} (median {statistics.median(v):g})"
+
+
 def mib(kb):
     return f"{kb / 1024:.1f}" if kb else "-"
 
 
 def render(summary, outdir):
-    lines = ["# Control-plane benchmark", "",
-             f"Run {summary['meta']['date']} on {summary['meta']['machine']}; "
-             f"binaries: `{summary['meta']['bin_dir']}` ({summary['meta']['profile']}), "
-             f"commit `{summary['meta']['commit']}`.", "",
-             "Command: `" + summary["meta"]["command"] + "`", "",
-             "| nodes | initial sync: UAPI / status (s) | key change: median / p90 / max (ms) "
-             "| of which until the plan is logged, median (ms) "
-             "| endpoint change: median / max (ms) | plans per change | peer upserts / removals "
-             "per key change | netlink writes per change (logged / kernel events) "
-             "| agent RSS / HWM (MiB) | tunnel RSS / HWM (MiB) | apiserver RSS (MiB) "
-             "| idle CPU, agent / tunnel (% of a core) | idle passes / agent CPU per pass (s) |",
-             "|" + "---|" * 13]
+    meta = summary["meta"]
+    fake = meta.get("tunnel", "fake") == "fake"
+    lines = ["# Control-plane benchmark" + (": routes and rules" if fake else ""), "",
+             f"Run {meta['date']} on {meta['machine']}; binaries: `{meta['bin_dir']}` "
+             f"({meta['profile']}), commit `{meta['commit']}`.", "",
+             "Datapath: " + ("the fake tunnel (`bench/fake_tunnel.py`): every peer reports a "
+                             "handshake, so the agent installs its routes and rule through "
+                             "its real netlink code." if fake else
+                             "the real `wireseal-tunnel`; no peer ever completes a handshake, "
+                             "so no route or rule is installed."), "",
+             "Command: `" + meta["command"] + "`", "",
+             "## Load on the machine", "",
+             "| nodes | load average before → after | busy, all cores (%) | qemu processes "
+             "| kernel notifications lost by the listener |",
+             "|---|---|---|---|---|"]
     for r in summary["sizes"]:
-        key = [c["programmed_ms"] for c in r["changes"] if c["kind"] == "key"]
-        ep = [c["programmed_ms"] for c in r["changes"] if c["kind"] == "endpoint"]
-        kc = [c for c in r["changes"] if c["kind"] == "key"]
-        plans = sorted({c["plans"] for c in r["changes"]})
-        ups = sorted({(c["plan"]["peers_upserted"], c["plan"]["peers_removed"]) for c in kc})
-        nl = sorted({c["netlink_writes_logged"] for c in r["changes"]})
-        ke = sorted({c["kernel_events"] for c in r["changes"]})
-        m = r["mem_end_kB"]
-        idle = r["idle"]
+        m = r["machine"]
+        lost = r["initial_sync"]["kernel"]["overrun"] + sum(
+            c["kernel"]["overrun"] for c in r["changes"])
+        lines.append(f"| {r['nodes']} | {' '.join(map(str, m['loadavg_before']))} → "
+                     f"{' '.join(map(str, m['loadavg_after']))} | {m['busy_pct']} "
+                     f"| {m['qemu_processes']} | {'none' if not lost else f'{lost} overrun(s)'} |")
+    lines += ["", "## Initial sync and memory", "",
+              "| nodes | all peers in the device (s) | all routes + rule in the kernel (s) "
+              "| /status complete (s) | plans | peer upserts | routes / rules added "
+              "| netlink writes logged | kernel route+rule events | routes in table after sync "
+              "/ at the end (expected) | agent CPU for the sync (s) | agent RSS / HWM at the end "
+              "(MiB) | apiserver RSS (MiB) " + ("" if fake else "| tunnel RSS / HWM (MiB) ")
+              + "| idle: agent CPU (% of a core), passes |",
+              "|" + "---|" * (13 if fake else 14)]
+    for r in summary["sizes"]:
+        s, end, idle = r["initial_sync"], r["end"], r["idle"]
+        lg, mem = s["logs"], end["mem_kB"]
+        kernel = s["kernel"]["route+"] + s["kernel"]["rule+"]
+        exact = "exact" if s["routes_exact"] and end["routes_exact"] else "NOT exact"
         lines.append(
-            f"| {r['nodes']} | {r['initial_sync']['uapi_s']} / {r['initial_sync']['status_s']} "
-            f"| {pct(key, .5)} / {pct(key, .9)} / {max(key) if key else '-'} "
-            f"| {pct([c['plan_logged_ms'] for c in kc if c['plan_logged_ms'] is not None], .5)} "
-            f"| {pct(ep, .5)} / {max(ep) if ep else '-'} | {plans} | {ups} | {nl} / {ke} "
-            f"| {mib(m['agent'].get('VmRSS'))} / {mib(m['agent'].get('VmHWM'))} "
-            f"| {mib(m['tunnel'].get('VmRSS'))} / {mib(m['tunnel'].get('VmHWM'))} "
-            f"| {mib(m['apiserver'].get('VmRSS'))} "
-            f"| {100 * idle['agent_cpu_s'] / idle['seconds']:.1f} / "
-            f"{100 * idle.get('tunnel_cpu_s', 0) / idle['seconds']:.1f} "
-            f"| {idle.get('passes', '-')} / "
-            f"{idle['agent_cpu_s'] / idle['passes'] if idle.get('passes') else 0:.2f} |")
-    lines += ["", "Per-change records: `summary.json`; logs of every process: `runs/n<N>/`.",
-              "", NOTES, ""]
+            f"| {r['nodes']} | {s['peers_s']} | {s['routes_s'] if s['routes_s'] is not None else '-'} "
+            f"| {s['status_s']} | {lg['plans']} | {lg['plan']['peers_upserted']} "
+            f"| {lg['plan']['routes_added']} / {lg['plan']['rules_added']} "
+            f"| {lg['netlink_writes']} | {kernel} "
+            f"| {s['routes_in_table']} / {end['routes_in_table']} ({s['routes_expected']}, {exact}) "
+            f"| {s['agent_cpu_s']:.2f} "
+            f"| {mib(mem['agent'].get('VmRSS'))} / {mib(mem['agent'].get('VmHWM'))} "
+            f"| {mib(mem['apiserver'].get('VmRSS'))} "
+            + ("" if fake else f"| {mib(mem['tunnel'].get('VmRSS'))} / "
+                               f"{mib(mem['tunnel'].get('VmHWM'))} ")
+            + f"| {100 * idle['agent_cpu_s'] / idle['seconds']:.1f}, {idle['passes']} |")
+    lines += ["", "## Changes", "",
+              "Times in ms from the API request (median / p90 / max). \"device\": the "
+              "change is in the datapath; \"route\": the last kernel notification for the "
+              "node's pod CIDR(s) in wireseal's table; \"no route\": how long a pod CIDR "
+              "had no route there (deleted, then added again). Counts are per change, "
+              "a single number when every change had the same.", "",
+              "| nodes | change | n | device (ms) | route (ms) | no route (ms) "
+              "| plan logged, median (ms) | passes | plans | peers upserted / removed "
+              "| routes added / removed | netlink writes logged | kernel route events +/− "
+              "| agent CPU, median (ms) |",
+              "|" + "---|" * 14]
+    for r in summary["sizes"]:
+        for kind in KINDS:
+            cs = [c for c in r["changes"] if c["kind"] == kind]
+            if not cs:
+                continue
+            ok = "" if all(c["routes_ok"] for c in cs) else " (routes NOT as expected)"
+            lines.append(
+                f"| {r['nodes']} | {KIND_TEXT[kind]}{ok} | {len(cs)} "
+                f"| {spread([c['device_ms'] for c in cs])} "
+                f"| {spread([c['route_ms'] for c in cs])} "
+                f"| {spread([c['route_gap_ms'] for c in cs])} "
+                f"| {pct([c['plan_logged_ms'] for c in cs], .5)} "
+                f"| {counts([c['passes'] for c in cs])} | {counts([c['plans'] for c in cs])} "
+                f"| {counts([c['plan']['peers_upserted'] for c in cs])} / "
+                f"{counts([c['plan']['peers_removed'] for c in cs])} "
+                f"| {counts([c['plan']['routes_added'] for c in cs])} / "
+                f"{counts([c['plan']['routes_removed'] for c in cs])} "
+                f"| {counts([c['netlink_writes'] for c in cs])} "
+                f"| {counts([c['kernel']['route+'] for c in cs])} / "
+                f"{counts([c['kernel']['route-'] for c in cs])} "
+                f"| {pct([c['agent_cpu_ms'] for c in cs], .5)} |")
+    lines += ["", "Per-change records: `summary.json`; logs and event records of every "
+              "process: `runs/n<N>/`.", "", NOTES, ""]
     path = os.path.join(outdir, "README.md")
     notes = ""
     if os.path.exists(path):
@@ -582,7 +981,7 @@ def render(summary, outdir):
         if NOTES in old:
             notes = old.split(NOTES, 1)[1].lstrip("\n")
     with open(path, "w") as f:
-        f.write("\n".join(lines) + notes)
+        f.write("\n".join(lines) + ("\n" + notes if notes else ""))
 
 
 def meta(args):
@@ -605,15 +1004,17 @@ def meta(args):
         "profile": "release" if "release" in args.bin_dir else "debug",
         "commit": out(["git", "-C", REPO, "rev-parse", "--short", "HEAD"]),
         "command": shlex.join(["bench/controlplane.py", *sys.argv[1:]]),
-        "loadavg_start": open("/proc/loadavg").read().split()[:3],
+        "tunnel": args.tunnel,
+        "python": platform.python_version(),
     }
 
 
 def cleanup():
+    """Kills whatever runs in a namespace of ours and removes it (leftovers of a
+    run that was killed, and this run's at the end)."""
     for line in run(["ip", "netns", "list"], check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         if name.startswith(f"{PREFIX}-"):
-            run(["ip", "netns", "pids", name], check=False)
             for pid in run(["ip", "netns", "pids", name], check=False).stdout.split():
                 try:
                     os.kill(int(pid), signal.SIGKILL)
@@ -626,17 +1027,22 @@ def cleanup():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10,1000,5000")
-    ap.add_argument("--reps", type=int, default=20, help="changes per size")
-    ap.add_argument("--endpoint-reps", type=int, default=4,
-                    help="how many of --reps change the endpoint instead of the key")
+    ap.add_argument("--tunnel", choices=["fake", "real"], default="fake",
+                    help="fake: bench/fake_tunnel.py, handshakes, routes (default); "
+                         "real: wireseal-tunnel, no handshake, no routes")
+    ap.add_argument("--rounds", type=int, default=10,
+                    help="rounds per size; each makes one change of every kind")
     ap.add_argument("--bin-dir", default=os.path.join(REPO, "target", "release"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--idle", type=float, default=20.0, help="idle CPU window, s")
     ap.add_argument("--idle-wait", type=float, default=12.0,
                     help="wait after the sync before the idle window, s")
     ap.add_argument("--gap", type=float, default=1.0, help="pause before each change, s")
-    ap.add_argument("--poll", type=float, default=0.01, help="UAPI poll interval, s")
-    ap.add_argument("--settle", type=float, default=1.0, help="wait after a change, s")
+    ap.add_argument("--quiet", type=float, default=1.0,
+                    help="a change is over when nothing happened for this long, s")
+    ap.add_argument("--poll", type=float, default=0.01,
+                    help="UAPI poll interval with --tunnel real, s")
+    ap.add_argument("--timeout", type=float, default=30.0, help="per change, s")
     ap.add_argument("--sync-timeout", type=float, default=900)
     ap.add_argument("--report", metavar="DIR", help="only re-render DIR/README.md")
     args = ap.parse_args()
@@ -647,14 +1053,18 @@ def main():
         sys.exit("run as root")
     args.bin_dir = os.path.abspath(args.bin_dir)
     day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    outdir = args.out or os.path.join(REPO, "bench", "results", f"{day}-controlplane")
+    suffix = "controlplane-routes" if args.tunnel == "fake" else "controlplane"
+    outdir = args.out or os.path.join(REPO, "bench", "results", f"{day}-{suffix}")
     os.makedirs(outdir, exist_ok=True)
     summary = {"meta": meta(args), "sizes": []}
     spath = os.path.join(outdir, "summary.json")
     if os.path.exists(spath):  # keep sizes measured by an earlier invocation
         old = json.load(open(spath))
+        if old["meta"].get("tunnel", "real") != args.tunnel:
+            sys.exit(f"{outdir} holds --tunnel {old['meta'].get('tunnel', 'real')} results")
         summary["sizes"] = old.get("sizes", [])
-        summary["meta"]["earlier_runs"] = old["meta"].get("earlier_runs", []) + [old["meta"]]
+        summary["meta"]["earlier_runs"] = old["meta"].get("earlier_runs", []) + [
+            {k: v for k, v in old["meta"].items() if k != "earlier_runs"}]
     host_ns = "/proc/self/ns/net"
     host_fd_path = f"/proc/{os.getpid()}/fd/{os.open(host_ns, os.O_RDONLY)}"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -668,6 +1078,8 @@ def main():
             with open(spath, "w") as f:
                 json.dump(summary, f, indent=1)
             render(summary, outdir)
+    except KeyboardInterrupt:
+        sys.exit(130)  # cleanup already ran in the finally blocks
     finally:
         cleanup()
     log(f"results in {outdir}")

@@ -189,6 +189,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             debug!("waiting for the first complete Node list before changing anything");
             return Ok(0);
         }
+        let writes_before = self.routing.writes();
         let nodes: Vec<_> = view.nodes.values().cloned().collect();
         let public = self.key.public_key();
         let mut mesh = self.mesh_config(FALLBACK_TUNNEL_MTU);
@@ -238,7 +239,19 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 "applying plan"
             );
         }
+        let started = tokio::time::Instant::now();
         let mut applied = self.execute(&change).await;
+        // What this pass cost the kernel: "only the difference is written"
+        // is checked against this (the control-plane benchmark reads it).
+        let writes = self.routing.writes().saturating_sub(writes_before);
+        if !change.is_empty() || writes != 0 {
+            info!(
+                ok = applied.is_ok(),
+                netlink_writes = writes,
+                apply_ms = started.elapsed().as_secs_f64() * 1e3,
+                "applied plan"
+            );
+        }
         if applied.is_ok() && !awaiting.is_empty() {
             let waiting = want
                 .state

@@ -226,4 +226,11 @@ impl Routing for AnyRouting {
             Self::Memory(r) => r.pod_link_mtu(exclude).await,
         }
     }
+
+    fn writes(&self) -> u64 {
+        match self {
+            Self::Netlink(r) => r.writes(),
+            Self::Memory(r) => r.writes(),
+        }
+    }
 }

@@ -157,6 +157,12 @@ pub trait Routing: Send {
         &mut self,
         exclude: &BTreeSet<String>,
     ) -> impl Future<Output = Result<Option<(String, u32)>, DatapathError>> + Send;
+
+    /// Write requests sent to the kernel so far (link, routes, rules; reads
+    /// not counted), so each pass can log what it cost. The default: none.
+    fn writes(&self) -> u64 {
+        0
+    }
 }
 
 /// The parts of a routing plan, in the order they are applied.

@@ -38,12 +38,6 @@ impl NetlinkRouting {
             warned_foreign: false,
         }
     }
-
-    /// Netlink writes so far.
-    #[must_use]
-    pub fn writes(&self) -> u64 {
-        self.netlink.writes()
-    }
 }
 
 fn wrap(operation: &str) -> impl FnOnce(wireseal_netlink::ApplyError) -> DatapathError + '_ {
@@ -141,5 +135,9 @@ impl Routing for NetlinkRouting {
             })
             .map(|link| (link.name, link.mtu))
             .max_by_key(|(name, mtu)| (*mtu, std::cmp::Reverse(name.clone()))))
+    }
+
+    fn writes(&self) -> u64 {
+        self.netlink.writes()
     }
 }
