@@ -210,7 +210,6 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             .filter(|(_, stats)| stats.last_handshake.is_some())
             .map(|(key, _)| *key)
             .collect();
-        let awaiting = gate_routes(&mut want, &established);
         let routing = self
             .routing
             .observe(
@@ -219,6 +218,8 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 self.config.rule_priority,
             )
             .await?;
+        let routed = routing.routes.keys().copied().collect();
+        let awaiting = gate_routes(&mut want, &established, &routed);
         let observed = ObservedState {
             link: routing.link,
             device: device.device,

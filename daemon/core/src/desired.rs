@@ -224,15 +224,25 @@ pub fn desired(
 
 /// Make-before-break: keeps in the desired state only the routes (and rules)
 /// towards peers in `established`, the peers with which a handshake has
-/// succeeded. The others stay peers, so their handshake can complete, but
-/// their traffic keeps whatever path it had.
+/// succeeded, and the routes already `routed` into the tunnel. The other
+/// peers stay peers, so their handshake can complete, but their traffic keeps
+/// whatever path it had.
 ///
 /// Without this, the node that learns of a new peer first would steer replies
 /// into a tunnel the other side does not accept yet, and lose them until the
 /// other side catches up and WireGuard retries its handshake.
 ///
+/// A CIDR already routed into the tunnel stays there while its peer awaits a
+/// new handshake (a re-keyed node, a replaced node taking over the CIDR):
+/// taking the route away would send that traffic in clear over the CNI until
+/// the handshake completes. In the tunnel, WireGuard holds it until then.
+///
 /// Returns the peers still awaiting a handshake.
-pub fn gate_routes(want: &mut Desired, established: &BTreeSet<PublicKey>) -> BTreeSet<PublicKey> {
+pub fn gate_routes(
+    want: &mut Desired,
+    established: &BTreeSet<PublicKey>,
+    routed: &BTreeSet<IpNetwork>,
+) -> BTreeSet<PublicKey> {
     let awaiting: BTreeSet<PublicKey> = want
         .state
         .device
@@ -243,7 +253,7 @@ pub fn gate_routes(want: &mut Desired, established: &BTreeSet<PublicKey>) -> BTr
         .collect();
     for key in &awaiting {
         if let Some(peer) = want.state.device.peers.get(key) {
-            for cidr in &peer.allowed_ips {
+            for cidr in peer.allowed_ips.iter().filter(|c| !routed.contains(c)) {
                 want.state.routes.remove(cidr);
             }
         }

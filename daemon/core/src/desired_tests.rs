@@ -210,7 +210,7 @@ fn unknown_self_still_yields_peers() {
 #[test]
 fn routes_wait_for_a_handshake() {
     let mut d = desired("a", &key(0), &cluster(), &config());
-    let awaiting = gate_routes(&mut d, &[key(2)].into());
+    let awaiting = gate_routes(&mut d, &[key(2)].into(), &BTreeSet::new());
     assert_eq!(awaiting, [key(1)].into());
     // b stays a peer so its handshake can complete, but nothing is routed to it yet.
     assert!(d.state.device.peers.contains_key(&key(1)));
@@ -229,8 +229,23 @@ fn routes_wait_for_a_handshake() {
     );
     assert_eq!(d.nodes["b"].issues, vec![PeerIssue::AwaitingHandshake]);
     let mut all = desired("a", &key(0), &cluster(), &config());
-    assert!(gate_routes(&mut all, &[key(1), key(2)].into()).is_empty());
+    assert!(gate_routes(&mut all, &[key(1), key(2)].into(), &BTreeSet::new()).is_empty());
     assert_eq!(all.state.routes.len(), 3);
+}
+
+#[test]
+fn a_routed_cidr_stays_routed_while_its_peer_rehandshakes() {
+    // b re-keyed (or was replaced): its new key has no handshake yet, but its
+    // CIDRs are in the tunnel already. Taking them out would send b's traffic
+    // in clear until the handshake; they stay, and the issue is still shown.
+    let mut d = desired("a", &key(0), &cluster(), &config());
+    let all_routes = d.state.routes.clone();
+    let routed: BTreeSet<IpNetwork> = all_routes.keys().copied().collect();
+    let awaiting = gate_routes(&mut d, &[key(2)].into(), &routed);
+    assert_eq!(awaiting, [key(1)].into());
+    assert_eq!(d.state.routes, all_routes);
+    assert_eq!(d.state.rules.len(), 2, "both families keep their rule");
+    assert_eq!(d.nodes["b"].issues, vec![PeerIssue::AwaitingHandshake]);
 }
 
 #[test]
