@@ -625,8 +625,8 @@ setup_pods() {
 # bg_ping runs until bg_ping_stop; losses are sequence numbers that never got
 # an answer, except the last one sent, which may still be in flight when the
 # ping is stopped.
-bg_ping() { # bg_ping FROM TO NAME
-    vm_must "$1" 20 "ip netns exec pod ping -n -i 0.1 -W 1 $(pod_ip "$2") >/tmp/$3.log 2>&1 &
+bg_ping() { # bg_ping FROM TO NAME: carries the canary, for captures that span it
+    vm_must "$1" 20 "ip netns exec pod ping -n -i 0.1 -W 1 -p $(canary_hex) $(pod_ip "$2") >/tmp/$3.log 2>&1 &
 echo \$! >/run/$3.pid"
 }
 bg_ping_stop() { # bg_ping_stop FROM NAME: sets PING_SENT and PING_LOST
@@ -977,8 +977,12 @@ while kill -0 $pid 2>/dev/null; do sleep 0.2; done; echo "ping-running-after-res
 
     # 7. node-2 is re-keyed: a new key file and a restarted agent. node-1 swaps
     # the peer entry (exactly one peer left, with the new key) and traffic flows.
+    # A canary ping runs across it under capture: while the new key awaits its
+    # handshake, node-2's CIDR stays in the tunnel and nothing crosses in clear.
     vm_must 2 20 'wireseal keys public --state-dir /var/lib/wireseal'
     local old_key=${OUT//[[:space:]]/}
+    start_capture rekey
+    bg_ping 1 2 rekey
     stop_agent 2 TERM
     vm_must 2 20 'rm -f /var/lib/wireseal/private.key'
     start_agent 2
@@ -998,6 +1002,10 @@ while kill -0 $pid 2>/dev/null; do sleep 0.2; done; echo "ping-running-after-res
     else
         result FAIL "re-key: node-1 follows node-2's new key" "not $(mesh) within 60 s"
     fi
+    bg_ping_stop 1 rekey
+    stop_capture
+    say "re-key: node-1 → node-2 ping across it: $PING_LOST lost of $PING_SENT (held while the new key handshakes)"
+    wire_checks "during the re-key"
 
     # 8. node-3 has run the kernel tests; it joins, node-2's allowed IPs change,
     # and node-3 leaves, each under a running ping between the other two.

@@ -487,6 +487,7 @@ fn split_removals(
     let mut upserts = plan.clone();
     let removals = wireseal_core::DevicePlan {
         remove_peers: std::mem::take(&mut upserts.remove_peers),
+        remove_allowed_ips: std::mem::take(&mut upserts.remove_allowed_ips),
         ..wireseal_core::DevicePlan::default()
     };
     (upserts, removals)

@@ -32,8 +32,13 @@ pub struct LinkPlan {
 }
 
 /// Changes to the WireGuard device. Peer updates carry the whole desired peer
-/// configuration (allowed IPs replace the old ones); a peer is never removed
-/// and re-added to change it, since that would reset its session.
+/// configuration; a peer is never removed and re-added to change it, since
+/// that would reset its session.
+///
+/// Allowed IPs that a kept peer loses and no peer claims are listed apart in
+/// `remove_allowed_ips`, so that a datapath can take just those away: the
+/// kernel's only other way, replacing a peer's whole list, leaves the peer
+/// without any allowed IP for an instant and drops its packets meanwhile.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DevicePlan {
     /// Set the private key whose public key is this (the key itself comes from keymgr).
@@ -46,6 +51,11 @@ pub struct DevicePlan {
     pub upsert_peers: BTreeMap<PublicKey, PeerConfig>,
     /// Peers to remove.
     pub remove_peers: BTreeSet<PublicKey>,
+    /// Allowed IPs to take from the peers that stay (they hold them now and no
+    /// desired peer does). Part of the removals, like `remove_peers`. The
+    /// upserted configurations already lack them: a datapath that replaces a
+    /// peer's whole list may ignore this.
+    pub remove_allowed_ips: BTreeSet<IpNetwork>,
 }
 
 impl DevicePlan {
@@ -57,6 +67,7 @@ impl DevicePlan {
             && self.fwmark.is_none()
             && self.upsert_peers.is_empty()
             && self.remove_peers.is_empty()
+            && self.remove_allowed_ips.is_empty()
     }
 }
 
@@ -113,6 +124,7 @@ impl Plan {
             + usize::from(self.device.fwmark.is_some())
             + self.device.upsert_peers.len()
             + self.device.remove_peers.len()
+            + self.device.remove_allowed_ips.len()
             + self.routing.add_routes.len()
             + self.routing.remove_routes.len()
             + self.routing.add_rules.len()
@@ -159,12 +171,22 @@ fn plan_device(desired: &DesiredState, observed: Option<&ObservedDevice>) -> Dev
         .filter(|key| !want.peers.contains_key(*key))
         .copied()
         .collect();
+    let claimed: BTreeSet<&IpNetwork> = want.peers.values().flat_map(|p| &p.allowed_ips).collect();
+    let remove_allowed_ips = observed
+        .peers
+        .iter()
+        .filter(|(key, _)| want.peers.contains_key(*key))
+        .flat_map(|(_, peer)| &peer.allowed_ips)
+        .filter(|ip| !claimed.contains(ip))
+        .copied()
+        .collect();
     DevicePlan {
         set_private_key: (observed.public_key != Some(want.public_key)).then_some(want.public_key),
         listen_port: (observed.listen_port != want.listen_port).then_some(want.listen_port),
         fwmark: (observed.fwmark != want.fwmark).then_some(want.fwmark),
         upsert_peers,
         remove_peers,
+        remove_allowed_ips,
     }
 }
 
@@ -228,6 +250,10 @@ impl ObservedState {
         }
         for key in &change.remove_peers {
             device.peers.remove(key);
+        }
+        for peer in device.peers.values_mut() {
+            peer.allowed_ips
+                .retain(|ip| !change.remove_allowed_ips.contains(ip));
         }
         self.rules.extend(plan.routing.add_rules.iter().copied());
     }

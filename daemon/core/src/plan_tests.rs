@@ -190,6 +190,10 @@ proptest! {
         for removed in &p.device.remove_peers {
             prop_assert!(!d.state.device.peers.contains_key(removed));
         }
+        // An allowed IP is taken away only when no desired peer claims it.
+        for ip in &p.device.remove_allowed_ips {
+            prop_assert!(d.state.device.peers.values().all(|peer| !peer.allowed_ips.contains(ip)));
+        }
         let peers: Vec<&PeerConfig> = d.state.device.peers.values().collect();
         for (i, peer) in peers.iter().enumerate() {
             for other in &peers[i + 1..] {
@@ -229,6 +233,52 @@ fn nothing_on_the_node_plans_everything_in_order() {
     assert_eq!(p.routing.add_routes.len(), 1);
     assert_eq!(p.routing.add_rules.len(), 1);
     assert_eq!(p.len(), 7);
+}
+
+#[test]
+fn a_narrowed_peer_loses_just_that_allowed_ip_and_a_moved_one_moves() {
+    let node = |name: &str, k, cidrs: &[&str]| NodeView {
+        name: name.into(),
+        pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        public_key: Some(key(k)),
+        endpoint: Some("192.0.2.11:51830".parse().unwrap()),
+        ..NodeView::default()
+    };
+    let before = desired(
+        "a",
+        &key(0),
+        &[
+            node(
+                "b",
+                1,
+                &["10.244.1.0/24", "10.244.101.0/24", "10.244.201.0/24"],
+            ),
+            node("c", 2, &["10.244.2.0/24"]),
+        ],
+        &config(1440),
+    );
+    let mut observed = ObservedState::default();
+    observed.apply(&plan(&before.state, &observed));
+    // b drops 10.244.101.0/24 (nobody takes it) and hands 10.244.201.0/24 to c.
+    let after = desired(
+        "a",
+        &key(0),
+        &[
+            node("b", 1, &["10.244.1.0/24"]),
+            node("c", 2, &["10.244.2.0/24", "10.244.201.0/24"]),
+        ],
+        &config(1440),
+    );
+    let p = plan(&after.state, &observed);
+    assert_eq!(
+        p.device.remove_allowed_ips,
+        ["10.244.101.0/24".parse().unwrap()].into(),
+        "only the IP nobody claims is taken away; the moved one moves with c's upsert"
+    );
+    assert!(p.device.remove_peers.is_empty(), "no session is reset");
+    observed.apply(&p);
+    assert!(plan(&after.state, &observed).is_empty());
+    assert_eq!(observed.device.unwrap().peers, after.state.device.peers);
 }
 
 #[test]

@@ -42,6 +42,11 @@ pub enum UapiError {
 
 /// The `set=1` request for `plan`. The private key is written only when the
 /// plan asks for it; the request text is never logged.
+///
+/// Upserts replace the peer's allowed IPs (`replace_allowed_ips=true`): the
+/// tunnel swaps the list under its device lock, so no packet sees it half
+/// done, and `plan.remove_allowed_ips` (for the kernel, which has no such
+/// lock) is already covered by it.
 #[must_use]
 pub fn encode_set(plan: &DevicePlan, key: &PrivateKey) -> String {
     let mut out = String::from("set=1\n");

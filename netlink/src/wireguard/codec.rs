@@ -110,19 +110,32 @@ impl WgDevice {
 pub enum DeviceStep {
     /// Private key, listen port, fwmark, then added or updated peers.
     SettingsAndUpserts,
-    /// Peer removals (`WGPEER_F_REMOVE_ME`).
+    /// Peer removals (`WGPEER_F_REMOVE_ME`), and allowed IPs no peer keeps.
     Removals,
 }
+
+/// The public key of a transient peer that takes allowed IPs away from the
+/// peers that keep existing: the kernel moves an allowed IP to the last peer
+/// that claims it, so giving the IPs to this peer and then removing it takes
+/// exactly those IPs away. The alternative, `WGPEER_F_REPLACE_ALLOWEDIPS` on
+/// the peer that loses them, empties that peer's list before refilling it,
+/// and its packets in between are dropped; `WGALLOWEDIP_F_REMOVE_ME` exists
+/// only in recent kernels, and older ones would not refuse it but ignore it.
+/// Never a real peer's key: it is the X25519 public key of no known secret
+/// (a fixed string), and a leftover (a crash between the two halves) is an
+/// unknown peer, which the next plan removes.
+pub const ALLOWED_IP_SINK: [u8; 32] = *b"wireseal: allowed IPs removed ..";
 
 /// Encodes one step of `plan` for `iface` as `WG_CMD_SET_DEVICE` messages,
 /// none longer than `max_len` bytes once serialised.
 ///
 /// The private key goes in only when the plan sets it. Upserted peers carry
-/// their whole configuration with `WGPEER_F_REPLACE_ALLOWEDIPS` (and keepalive
-/// 0 when off); a peer whose allowed IPs do not fit in one message continues
-/// in the next with `WGPEER_F_UPDATE_ONLY` and no replace flag, so the later
-/// parts add to the first instead of replacing it. `WGDEVICE_F_REPLACE_PEERS`
-/// is never used: it would reset every session.
+/// their whole configuration (keepalive 0 when off) and add their allowed
+/// IPs to what the peer has: allowed IPs are never replaced, since that
+/// empties a peer's list for an instant. Those the plan takes away go in the
+/// removals step, through [`ALLOWED_IP_SINK`]. A peer whose allowed IPs do
+/// not fit in one message continues in the next with `WGPEER_F_UPDATE_ONLY`.
+/// `WGDEVICE_F_REPLACE_PEERS` is never used: it would reset every session.
 ///
 /// Returns no message when the step has nothing to do.
 #[must_use]
@@ -148,7 +161,6 @@ pub fn encode_set_device(
             for (key, peer) in &plan.upsert_peers {
                 let mut head = vec![
                     WireguardPeerAttribute::PublicKey(*key.as_bytes()),
-                    WireguardPeerAttribute::Flags(WireguardPeerFlags::ReplaceAllowedIps),
                     WireguardPeerAttribute::PersistentKeepalive(
                         peer.persistent_keepalive.unwrap_or(0),
                     ),
@@ -167,6 +179,16 @@ pub fn encode_set_device(
                     WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe),
                 ];
                 packer.push_peer(*key.as_bytes(), head, Vec::new());
+            }
+            if !plan.remove_allowed_ips.is_empty() {
+                let allowed = plan.remove_allowed_ips.iter().map(allowed_ip).collect();
+                let take = vec![WireguardPeerAttribute::PublicKey(ALLOWED_IP_SINK)];
+                packer.push_peer(ALLOWED_IP_SINK, take, allowed);
+                let remove = vec![
+                    WireguardPeerAttribute::PublicKey(ALLOWED_IP_SINK),
+                    WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe),
+                ];
+                packer.push_peer(ALLOWED_IP_SINK, remove, Vec::new());
             }
         }
     }
@@ -346,7 +368,7 @@ impl Packer {
                 chunk.extend(rest.next());
             }
             let mut attributes = head;
-            if !chunk.is_empty() || attributes.iter().any(|a| matches!(a, WireguardPeerAttribute::Flags(f) if f.contains(WireguardPeerFlags::ReplaceAllowedIps))) {
+            if !chunk.is_empty() {
                 attributes.push(WireguardPeerAttribute::AllowedIps(chunk));
             } else {
                 len -= NEST_LEN;

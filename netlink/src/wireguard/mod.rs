@@ -22,8 +22,8 @@ use tracing::debug;
 use wireseal_core::DevicePlan;
 
 pub use codec::{
-    DeviceStep, MAX_MESSAGE_LEN, WgDevice, WgPeer, decode_device, encode_get_device,
-    encode_set_device,
+    ALLOWED_IP_SINK, DeviceStep, MAX_MESSAGE_LEN, WgDevice, WgPeer, decode_device,
+    encode_get_device, encode_set_device,
 };
 
 use crate::error::{Errno, Error, Op};

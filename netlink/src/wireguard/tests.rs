@@ -115,7 +115,7 @@ fn peer_flags(peer: &WireguardPeer) -> WireguardPeerFlags {
             WireguardPeerAttribute::Flags(f) => Some(*f),
             _ => None,
         })
-        .unwrap()
+        .unwrap_or(WireguardPeerFlags::empty())
 }
 
 #[test]
@@ -127,6 +127,7 @@ fn five_thousand_peers_split_under_the_limit_each_exactly_once() {
         fwmark: Some(0x1000_0000),
         upsert_peers: upsert.clone(),
         remove_peers: BTreeSet::new(),
+        remove_allowed_ips: BTreeSet::new(),
     };
     let messages = encode_set_device(
         "wireseal0",
@@ -166,7 +167,11 @@ fn five_thousand_peers_split_under_the_limit_each_exactly_once() {
     assert_eq!(parts.len(), 5_000, "small peers are never split");
     let mut seen = BTreeMap::new();
     for (_, part) in &parts {
-        assert_eq!(peer_flags(part), WireguardPeerFlags::ReplaceAllowedIps);
+        assert_eq!(
+            peer_flags(part),
+            WireguardPeerFlags::empty(),
+            "upserts add allowed IPs, never replace them"
+        );
         assert!(
             seen.insert(peer_key(part), part.clone()).is_none(),
             "a peer appears twice"
@@ -218,10 +223,7 @@ fn a_peer_too_big_for_one_message_continues_with_update_only() {
         big_parts.len() >= 3,
         "1,000 allowed IPs need several messages"
     );
-    assert_eq!(
-        peer_flags(&big_parts[0].1),
-        WireguardPeerFlags::ReplaceAllowedIps
-    );
+    assert_eq!(peer_flags(&big_parts[0].1), WireguardPeerFlags::empty());
     for (_, part) in &big_parts[1..] {
         assert_eq!(peer_flags(part), WireguardPeerFlags::UpdateOnly);
     }
@@ -302,8 +304,8 @@ fn an_empty_plan_encodes_nothing_and_settings_alone_one_message() {
             WireguardAttribute::Fwmark(0x1000_0000)
         ]
     );
-    // A peer without keepalive turns it off explicitly; its allowed IPs are
-    // replaced even when the set is empty.
+    // A peer without keepalive turns it off explicitly; without allowed IPs
+    // it sends no (empty) list.
     let plan = DevicePlan {
         upsert_peers: [(key(3), PeerConfig::default())].into(),
         ..DevicePlan::default()
@@ -321,10 +323,64 @@ fn an_empty_plan_encodes_nothing_and_settings_alone_one_message() {
             .contains(&WireguardPeerAttribute::PersistentKeepalive(0))
     );
     assert!(
-        parts[0]
+        !parts[0]
             .1
-            .contains(&WireguardPeerAttribute::AllowedIps(vec![]))
+            .iter()
+            .any(|a| matches!(a, WireguardPeerAttribute::AllowedIps(_)))
     );
+}
+
+#[test]
+fn allowed_ips_no_peer_keeps_go_through_the_sink_peer_after_the_removals() {
+    // The sink must survive the core's key checks, or a leftover sink could
+    // never be observed and removed.
+    assert!(PublicKey::from_bytes(ALLOWED_IP_SINK).is_ok());
+    let gone: BTreeSet<IpNetwork> = ["10.244.101.0/24", "fd00:244:101::/64"]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let plan = DevicePlan {
+        upsert_peers: [(key(1), peer(1, 1))].into(),
+        remove_peers: [key(2)].into(),
+        remove_allowed_ips: gone.clone(),
+        ..DevicePlan::default()
+    };
+    let upserts = round_trip(encode_set_device(
+        "wireseal0",
+        &plan,
+        &SECRET,
+        DeviceStep::SettingsAndUpserts,
+        MAX_MESSAGE_LEN,
+    ));
+    assert!(
+        upserts.iter().all(|(_, p)| peer_key(p) != ALLOWED_IP_SINK),
+        "nothing is taken away before the routes change"
+    );
+    let parts = round_trip(encode_set_device(
+        "wireseal0",
+        &plan,
+        &SECRET,
+        DeviceStep::Removals,
+        MAX_MESSAGE_LEN,
+    ));
+    let steps: Vec<([u8; 32], WireguardPeerFlags)> = parts
+        .iter()
+        .map(|(_, p)| (peer_key(p), peer_flags(p)))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (*key(2).as_bytes(), WireguardPeerFlags::RemoveMe),
+            (ALLOWED_IP_SINK, WireguardPeerFlags::empty()),
+            (ALLOWED_IP_SINK, WireguardPeerFlags::RemoveMe),
+        ],
+        "the sink claims the IPs, then goes with them"
+    );
+    let decoded = decode_device(vec![WireguardMessage {
+        cmd: WireguardCmd::GetDevice,
+        attributes: vec![WireguardAttribute::Peers(vec![parts[1].1.clone()])],
+    }]);
+    assert_eq!(decoded.peers[0].allowed_ips, gone);
 }
 
 #[test]
