@@ -100,6 +100,11 @@ fn round_trip(messages: Vec<WireguardMessage>) -> Vec<(usize, WireguardPeer)> {
     parts
 }
 
+/// `plan`'s messages for one step, as the agent sends them.
+fn encode(plan: &DevicePlan, step: DeviceStep) -> Vec<WireguardMessage> {
+    encode_set_device("wireseal0", plan, &SECRET, step, MAX_MESSAGE_LEN)
+}
+
 fn peer_key(peer: &WireguardPeer) -> [u8; 32] {
     peer.iter()
         .find_map(|a| match a {
@@ -129,13 +134,7 @@ fn five_thousand_peers_split_under_the_limit_each_exactly_once() {
         remove_peers: BTreeSet::new(),
         remove_allowed_ips: BTreeSet::new(),
     };
-    let messages = encode_set_device(
-        "wireseal0",
-        &plan,
-        &SECRET,
-        DeviceStep::SettingsAndUpserts,
-        MAX_MESSAGE_LEN,
-    );
+    let messages = encode(&plan, DeviceStep::SettingsAndUpserts);
     assert!(
         messages.len() > 50,
         "5,000 peers cannot fit in {} messages",
@@ -200,13 +199,7 @@ fn a_peer_too_big_for_one_message_continues_with_update_only() {
         .into(),
         ..DevicePlan::default()
     };
-    let messages = encode_set_device(
-        "wireseal0",
-        &plan,
-        &SECRET,
-        DeviceStep::SettingsAndUpserts,
-        MAX_MESSAGE_LEN,
-    );
+    let messages = encode(&plan, DeviceStep::SettingsAndUpserts);
     assert!(
         !messages
             .iter()
@@ -251,13 +244,7 @@ fn removals_use_remove_me_and_are_a_separate_step() {
         remove_peers: (10..5_010).map(key).collect(),
         ..DevicePlan::default()
     };
-    let parts = round_trip(encode_set_device(
-        "wireseal0",
-        &plan,
-        &SECRET,
-        DeviceStep::Removals,
-        MAX_MESSAGE_LEN,
-    ));
+    let parts = round_trip(encode(&plan, DeviceStep::Removals));
     assert_eq!(parts.len(), 5_000);
     let keys: BTreeSet<[u8; 32]> = parts.iter().map(|(_, p)| peer_key(p)).collect();
     assert_eq!(keys.len(), 5_000);
@@ -289,13 +276,7 @@ fn an_empty_plan_encodes_nothing_and_settings_alone_one_message() {
         fwmark: Some(0x1000_0000),
         ..DevicePlan::default()
     };
-    let messages = encode_set_device(
-        "wireseal0",
-        &plan,
-        &SECRET,
-        DeviceStep::SettingsAndUpserts,
-        MAX_MESSAGE_LEN,
-    );
+    let messages = encode(&plan, DeviceStep::SettingsAndUpserts);
     assert_eq!(messages.len(), 1);
     assert_eq!(
         parse(&wire(messages[0].clone())).attributes,
@@ -310,13 +291,7 @@ fn an_empty_plan_encodes_nothing_and_settings_alone_one_message() {
         upsert_peers: [(key(3), PeerConfig::default())].into(),
         ..DevicePlan::default()
     };
-    let parts = round_trip(encode_set_device(
-        "wireseal0",
-        &plan,
-        &SECRET,
-        DeviceStep::SettingsAndUpserts,
-        MAX_MESSAGE_LEN,
-    ));
+    let parts = round_trip(encode(&plan, DeviceStep::SettingsAndUpserts));
     assert!(
         parts[0]
             .1
@@ -345,24 +320,12 @@ fn allowed_ips_no_peer_keeps_go_through_the_sink_peer_after_the_removals() {
         remove_allowed_ips: gone.clone(),
         ..DevicePlan::default()
     };
-    let upserts = round_trip(encode_set_device(
-        "wireseal0",
-        &plan,
-        &SECRET,
-        DeviceStep::SettingsAndUpserts,
-        MAX_MESSAGE_LEN,
-    ));
+    let upserts = round_trip(encode(&plan, DeviceStep::SettingsAndUpserts));
     assert!(
         upserts.iter().all(|(_, p)| peer_key(p) != ALLOWED_IP_SINK),
         "nothing is taken away before the routes change"
     );
-    let parts = round_trip(encode_set_device(
-        "wireseal0",
-        &plan,
-        &SECRET,
-        DeviceStep::Removals,
-        MAX_MESSAGE_LEN,
-    ));
+    let parts = round_trip(encode(&plan, DeviceStep::Removals));
     let steps: Vec<([u8; 32], WireguardPeerFlags)> = parts
         .iter()
         .map(|(_, p)| (peer_key(p), peer_flags(p)))
