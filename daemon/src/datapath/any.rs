@@ -226,4 +226,13 @@ impl Routing for AnyRouting {
             Self::Memory(r) => r.pod_link_mtu(exclude).await,
         }
     }
+
+    async fn local_addresses(
+        &mut self,
+    ) -> Result<std::collections::BTreeSet<std::net::IpAddr>, DatapathError> {
+        match self {
+            Self::Netlink(r) => r.local_addresses().await,
+            Self::Memory(r) => r.local_addresses().await,
+        }
+    }
 }
