@@ -3,6 +3,7 @@
 //! SIGTERM or SIGINT. On exit nothing is torn down: pod traffic keeps flowing
 //! through the datapath while the agent restarts.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,7 +119,10 @@ pub async fn run(config: Config) -> Result<()> {
 }
 
 /// Someone deleting wireseal's route or rule, or the tunnel link changing,
-/// triggers a pass that puts things back. Changes to other tables are ignored.
+/// triggers a pass that puts things back; an address coming or going (the
+/// CNI's gateway, the routes' preferred source) triggers one that follows it.
+/// Changes to other tables, and link-local addresses (never a source), are
+/// ignored.
 fn spawn_netlink_triggers(triggers: mpsc::Sender<()>, table: u32) {
     tokio::spawn(async move {
         loop {
@@ -133,6 +137,10 @@ fn spawn_netlink_triggers(triggers: mpsc::Sender<()>, table: u32) {
             while let Some(change) = monitor.next().await {
                 let relevant = match change {
                     Change::Route { table: changed } => changed == table,
+                    Change::Address {
+                        address: Some(address),
+                        ..
+                    } => !is_link_local(address),
                     // Rules, links, and whatever kinds of change netlink reports later.
                     _ => true,
                 };
@@ -145,6 +153,13 @@ fn spawn_netlink_triggers(triggers: mpsc::Sender<()>, table: u32) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
+}
+
+fn is_link_local(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    }
 }
 
 async fn wait_for_signal() {

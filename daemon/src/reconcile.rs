@@ -83,6 +83,10 @@ pub struct Reconciler<D, R> {
     timing: Timing,
     metrics: Metrics,
     mtu_warning: Option<String>,
+    /// The preferred sources of the last pass, and its warning when a family
+    /// had none: each logged when it changes, not on every pass.
+    host_sources: BTreeMap<Family, IpAddr>,
+    host_source_warning: Option<String>,
 }
 
 impl<D: Datapath, R: Routing> Reconciler<D, R> {
@@ -112,6 +116,8 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             timing,
             metrics: Metrics::new(),
             mtu_warning: None,
+            host_sources: BTreeMap::new(),
+            host_source_warning: None,
         }
     }
 
@@ -192,8 +198,12 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         let writes_before = self.routing.writes();
         let nodes: Vec<_> = view.nodes.values().cloned().collect();
         let public = self.key.public_key();
-        let mut mesh = self.mesh_config(FALLBACK_TUNNEL_MTU);
+        // Read on every pass: the CNI adds its gateway address with the first
+        // pod and may remove or change it at any time.
+        let local_addresses = self.routing.local_addresses().await?;
+        let mut mesh = self.mesh_config(FALLBACK_TUNNEL_MTU, local_addresses);
         let mut want = desired(&self.config.node_name, &public, &nodes, &mesh);
+        let host_source_warning = self.check_host_sources(&want);
         let (auto_mtu, underlay_devices) = self.underlay(&want).await;
         if let (MtuSetting::Auto, Some(mtu)) = (self.config.mtu, auto_mtu) {
             mesh.mtu = mtu;
@@ -268,11 +278,20 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 .await
                 .map_err(anyhow::Error::from);
         }
-        self.report(&view, &want, &device.stats, applied.is_ok(), mtu_warning);
+        self.report(
+            &view,
+            &want,
+            &device.stats,
+            applied.is_ok(),
+            Warnings {
+                mtu: mtu_warning,
+                host_source: host_source_warning,
+            },
+        );
         applied.map(|()| awaiting.len())
     }
 
-    fn mesh_config(&self, mtu: u32) -> MeshConfig {
+    fn mesh_config(&self, mtu: u32, local_addresses: BTreeSet<IpAddr>) -> MeshConfig {
         MeshConfig {
             interface: self.config.interface.clone(),
             listen_port: self.config.listen_port,
@@ -284,7 +303,49 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 MtuSetting::Auto => mtu,
             },
             persistent_keepalive: self.config.persistent_keepalive,
+            local_addresses,
         }
+    }
+
+    /// Host-network traffic to pods on other nodes only passes the peers'
+    /// WireGuard with a source inside this node's pod CIDRs. Logs the
+    /// sources when they change, and warns once per change when a family
+    /// routed into the tunnel has none.
+    fn check_host_sources(&mut self, want: &Desired) -> Option<String> {
+        if want.host_sources != self.host_sources {
+            if !want.host_sources.is_empty() {
+                info!(
+                    node = %self.config.node_name,
+                    sources = ?want.host_sources.values().collect::<Vec<_>>(),
+                    "host-network traffic into the tunnel leaves from this node's pod address"
+                );
+            }
+            self.host_sources.clone_from(&want.host_sources);
+        }
+        if want.host_source_issues.is_empty() {
+            if self.host_source_warning.take().is_some() {
+                info!(node = %self.config.node_name, "every family routed into the tunnel has a host source again");
+            }
+            return None;
+        }
+        let message = want
+            .host_source_issues
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.host_source_warning.as_ref() != Some(&message) {
+            for issue in &want.host_source_issues {
+                warn!(
+                    node = %issue.node,
+                    family = %issue.family,
+                    pod_cidrs = ?issue.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "{issue}"
+                );
+            }
+            self.host_source_warning = Some(message.clone());
+        }
+        Some(message)
     }
 
     /// The underlay seen from here: the smallest tunnel MTU over the paths to
@@ -306,7 +367,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             match self.routing.path_mtu(ip).await {
                 Ok((device, underlay)) => {
                     devices.insert(device);
-                    let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
+                    let family = Family::of_ip(ip);
                     let Some(mtu) = tunnel_mtu(underlay, family) else {
                         warn!(%ip, underlay, "path MTU too small for a tunnel; keeping the others");
                         continue;
@@ -402,7 +463,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         want: &Desired,
         stats: &BTreeMap<PublicKey, PeerStats>,
         applied: bool,
-        mtu_warning: Option<String>,
+        warnings: Warnings,
     ) {
         let now = SystemTime::now();
         let peers: Vec<PeerStatus> = want
@@ -460,7 +521,9 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             synced: view.synced,
             last_apply_ok: applied,
             tunnel_mtu: want.state.link.mtu,
-            mtu_warning,
+            mtu_warning: warnings.mtu,
+            host_sources: want.host_sources.values().copied().collect(),
+            host_source_warning: warnings.host_source,
             peers,
         });
     }
@@ -477,6 +540,12 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 .map(|ip| SocketAddr::new(ip, port)),
         }
     }
+}
+
+/// What a pass found worth an operator's attention, for the status.
+struct Warnings {
+    mtu: Option<String>,
+    host_source: Option<String>,
 }
 
 /// Splits device changes into the part applied before routes change (settings

@@ -2,7 +2,7 @@
 //! writes it) and the status endpoint, the metrics and `wireseal status`
 //! (which read it).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -91,6 +91,14 @@ pub struct AgentStatus {
     /// Set when the CNI's pod MTU exceeds the tunnel MTU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu_warning: Option<String>,
+    /// The preferred sources of the routes into the tunnel (at most one per
+    /// family): the node's own packets to pods on other nodes leave from them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_sources: Vec<IpAddr>,
+    /// Set when a family routed into the tunnel has no such source, so
+    /// host-network traffic to pods on other nodes is dropped by the peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_source_warning: Option<String>,
     /// Every remote node.
     pub peers: Vec<PeerStatus>,
 }

@@ -89,8 +89,18 @@ pub fn render(status: &AgentStatus, now: SystemTime) -> String {
     let key = status
         .public_key
         .map_or_else(|| "-".to_owned(), |k| k.to_string());
+    let sources = if status.host_sources.is_empty() {
+        "none".to_owned()
+    } else {
+        let all: Vec<String> = status
+            .host_sources
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        all.join(",")
+    };
     out.push_str(&format!(
-        "node {}  datapath {datapath}  mtu {}  key {key}\n",
+        "node {}  datapath {datapath}  mtu {}  host src {sources}  key {key}\n",
         status.node, status.tunnel_mtu
     ));
     out.push_str(&format!(
@@ -120,8 +130,49 @@ pub fn render(status: &AgentStatus, now: SystemTime) -> String {
     }
     out.push_str(&status.coverage_line());
     out.push('\n');
-    if let Some(warning) = &status.mtu_warning {
+    for warning in [&status.mtu_warning, &status.host_source_warning]
+        .into_iter()
+        .flatten()
+    {
         out.push_str(&format!("warning: {warning}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shows_the_host_source_and_every_warning() {
+        let mut status = AgentStatus {
+            node: "node-a".into(),
+            tunnel_mtu: 1440,
+            host_sources: vec!["10.244.0.1".parse().unwrap()],
+            ..AgentStatus::default()
+        };
+        let text = render(&status, SystemTime::now());
+        assert!(text.contains("host src 10.244.0.1  key -"), "{text}");
+        assert!(!text.contains("warning"), "{text}");
+
+        status.host_sources.clear();
+        status.mtu_warning = Some("pod link p0 has MTU 1500".into());
+        status.host_source_warning = Some("node node-a has no IPv4 address".into());
+        let text = render(&status, SystemTime::now());
+        assert!(text.contains("host src none"), "{text}");
+        assert!(
+            text.ends_with(
+                "warning: pod link p0 has MTU 1500\nwarning: node node-a has no IPv4 address\n"
+            ),
+            "{text}"
+        );
+        // The JSON keeps old readers working: empty fields are left out.
+        let json = serde_json::to_string(&AgentStatus::default()).unwrap();
+        assert!(!json.contains("hostSource"), "{json}");
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(
+            json.contains(r#""hostSourceWarning":"node node-a"#),
+            "{json}"
+        );
+    }
 }

@@ -77,6 +77,16 @@ async fn agents_publish_keys_and_peer_with_every_other_node() {
         status.datapath,
         Some(wireseal_core::DatapathKind::Userspace)
     );
+    // A memory node has no interfaces, so no address inside its pod CIDR: its
+    // status says host-network traffic to other nodes' pods would be dropped.
+    let warning = a
+        .status()
+        .and_then(|s| s.host_source_warning)
+        .expect("a host source warning");
+    assert!(
+        warning.starts_with("node node-a has no IPv4 address inside its pod CIDRs"),
+        "{warning}"
+    );
     let b = a
         .status()
         .unwrap()

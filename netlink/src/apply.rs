@@ -60,7 +60,11 @@ impl fmt::Display for ApplyItem {
                     f,
                     "replace route {} dev {} mtu {}",
                     route.dst, route.dev, route.mtu
-                )
+                )?;
+                if let Some(src) = route.src {
+                    write!(f, " src {src}")?;
+                }
+                Ok(())
             }
             Self::RemoveRoute(dst) => write!(f, "remove route {dst}"),
             Self::AddRule(rule) => write!(

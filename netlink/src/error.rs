@@ -68,6 +68,11 @@ pub enum Op {
         /// Interface name.
         iface: String,
     },
+    /// Listing the addresses of a family.
+    DumpAddresses {
+        /// Address family.
+        family: Family,
+    },
     /// Listing the routes of a family.
     DumpRoutes {
         /// Address family.
@@ -79,6 +84,8 @@ pub enum Op {
         dst: IpNetwork,
         /// Output interface.
         iface: String,
+        /// Preferred source, if the route sets one.
+        src: Option<IpAddr>,
         /// Routing table.
         table: u32,
     },
@@ -145,9 +152,19 @@ impl fmt::Display for Op {
             Self::SetUp { iface } => write!(f, "set {iface} up"),
             Self::CreateLink { iface, kind } => write!(f, "create {kind} link {iface}"),
             Self::DeleteLink { iface } => write!(f, "delete link {iface}"),
+            Self::DumpAddresses { family } => write!(f, "list {family} addresses"),
             Self::DumpRoutes { family } => write!(f, "list {family} routes"),
-            Self::ReplaceRoute { dst, iface, table } => {
-                write!(f, "replace route {dst} dev {iface} table {table}")
+            Self::ReplaceRoute {
+                dst,
+                iface,
+                src,
+                table,
+            } => {
+                write!(f, "replace route {dst} dev {iface}")?;
+                if let Some(src) = src {
+                    write!(f, " src {src}")?;
+                }
+                write!(f, " table {table}")
             }
             Self::DeleteRoute { dst, table } => write!(f, "delete route {dst} table {table}"),
             Self::GetRoute { dst } => write!(f, "get route to {dst}"),

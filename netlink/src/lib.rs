@@ -2,7 +2,8 @@
 //!
 //! It programs what both datapaths share — the tunnel link's MTU and state,
 //! the routes in wireseal's own routing table and one policy rule per address
-//! family — applies a [`wireseal_core::RoutingPlan`] in the order documented in
+//! family —, lists the node's addresses (the routes' preferred source comes
+//! from them), applies a [`wireseal_core::RoutingPlan`] in the order documented in
 //! [`wireseal_core::plan`](mod@wireseal_core::plan), reads the same objects back into the routing part of
 //! an [`wireseal_core::ObservedState`], reports kernel changes to them, finds
 //! the underlay MTU towards a peer, and drives kernel WireGuard devices over
@@ -14,6 +15,7 @@
 //! tracks only one dump per socket and rejects a second with `EBUSY`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod address;
 mod apply;
 mod conn;
 mod error;
@@ -24,6 +26,7 @@ mod route;
 mod rule;
 pub mod wireguard;
 
+pub use address::AddressInfo;
 pub use apply::{ApplyError, ApplyFailure, ApplyItem, ObservedRouting, RoutingIds};
 pub use conn::Netlink;
 pub use error::{Errno, Error, Op};

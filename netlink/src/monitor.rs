@@ -1,6 +1,9 @@
-//! Coarse change notifications: "a link, route or rule changed". The agent
-//! debounces them and re-runs its level-triggered reconcile, which is how a
-//! route or rule someone else deleted comes back.
+//! Coarse change notifications: "a link, address, route or rule changed".
+//! The agent debounces them and re-runs its level-triggered reconcile, which
+//! is how a route or rule someone else deleted comes back, and how the routes'
+//! preferred source follows the addresses the CNI adds and removes.
+
+use std::net::IpAddr;
 
 use futures::StreamExt as _;
 use futures::channel::mpsc::UnboundedReceiver;
@@ -11,6 +14,7 @@ use rtnetlink::MulticastGroup;
 use tokio::task::JoinHandle;
 use tracing::trace;
 
+use crate::address::parse_address;
 use crate::error::Error;
 use crate::route::route_table;
 
@@ -30,11 +34,19 @@ pub enum Change {
     },
     /// A policy rule was added or removed.
     Rule,
+    /// An address was added to or removed from an interface
+    /// (`RTM_NEWADDR`/`RTM_DELADDR`).
+    Address {
+        /// The interface's index.
+        index: u32,
+        /// The address, when the message carries one.
+        address: Option<IpAddr>,
+    },
 }
 
-/// A subscription to the kernel's link, route and rule multicast groups
-/// (`RTNLGRP_LINK`, `RTNLGRP_IPV{4,6}_ROUTE`, `RTNLGRP_IPV{4,6}_RULE`) of the
-/// network namespace it was opened in.
+/// A subscription to the kernel's link, address, route and rule multicast
+/// groups (`RTNLGRP_LINK`, `RTNLGRP_IPV{4,6}_IFADDR`, `RTNLGRP_IPV{4,6}_ROUTE`,
+/// `RTNLGRP_IPV{4,6}_RULE`) of the network namespace it was opened in.
 #[derive(Debug)]
 pub struct Monitor {
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
@@ -52,6 +64,8 @@ impl Monitor {
     pub fn subscribe() -> Result<Self, Error> {
         let groups = [
             MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
             MulticastGroup::Ipv4Route,
             MulticastGroup::Ipv6Route,
             MulticastGroup::Ipv4Rule,
@@ -64,8 +78,8 @@ impl Monitor {
     }
 
     /// The next change, or `None` when the subscription has ended (the
-    /// connection task stopped). Messages that are not about links, routes or
-    /// rules are skipped.
+    /// connection task stopped). Messages that are not about links, addresses,
+    /// routes or rules are skipped.
     pub async fn next(&mut self) -> Option<Change> {
         while let Some((message, _)) = self.messages.next().await {
             if let Some(change) = classify(&message) {
@@ -110,6 +124,12 @@ fn classify(message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<Change> {
             })
         }
         RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => Some(Change::Rule),
+        RouteNetlinkMessage::NewAddress(address) | RouteNetlinkMessage::DelAddress(address) => {
+            Some(Change::Address {
+                index: address.header.index,
+                address: parse_address(address).map(|info| info.address),
+            })
+        }
         _ => None,
     }
 }

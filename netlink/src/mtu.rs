@@ -43,12 +43,7 @@ impl Netlink {
     ) -> Result<UnderlayPath, Error> {
         let op = Op::GetRoute { dst };
         let mut request = RouteMessage::default();
-        let family = if dst.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        };
-        request.header.address_family = address_family(family);
+        request.header.address_family = address_family(Family::of_ip(dst));
         request.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
         request
             .attributes

@@ -17,8 +17,8 @@ use crate::error::{Errno, Error, Op};
 
 impl Netlink {
     /// Every route in `table`, IPv4 and IPv6, by destination, with the output
-    /// device's name resolved from its index and the MTU from `RTAX_MTU`
-    /// (0 when the route sets none).
+    /// device's name resolved from its index, the MTU from `RTAX_MTU` (0 when
+    /// the route sets none) and the preferred source from `RTA_PREFSRC`.
     ///
     /// A route without an output device (blackhole, unreachable, multipath)
     /// is reported with an empty `dev`, so a plan never mistakes it for one of
@@ -57,6 +57,7 @@ impl Netlink {
                         dst: parsed.dst,
                         dev,
                         mtu: parsed.mtu.unwrap_or(0),
+                        src: parsed.prefsrc,
                     },
                 );
             }
@@ -65,11 +66,13 @@ impl Netlink {
     }
 
     /// Adds `route` to `table`, or replaces the route with the same destination
-    /// (`NLM_F_REPLACE`), so a changed MTU or device takes effect in one write.
+    /// (`NLM_F_REPLACE`), so a changed MTU, device or preferred source takes
+    /// effect in one write, without a moment with no route.
     ///
     /// # Errors
     /// [`Error::LinkNotFound`] when `route.dev` does not exist, or the kernel's
-    /// error (an `EEXIST` is success).
+    /// error (an `EEXIST` is success; `EINVAL` when `route.src` is not an
+    /// address of this node, e.g. one deleted since it was read).
     pub async fn replace_route(&self, route: &RouteSpec, table: u32) -> Result<(), Error> {
         let index = self.index_of(&route.dev).await?;
         self.replace_route_via(route, index, table).await
@@ -85,6 +88,7 @@ impl Netlink {
         let op = Op::ReplaceRoute {
             dst: route.dst,
             iface: route.dev.clone(),
+            src: route.src,
             table,
         };
         let message = replace_message(route, oif, table);
@@ -122,7 +126,7 @@ impl Netlink {
     }
 }
 
-/// `RTM_NEWROUTE` for `dst dev OIF table T mtu M` (scope link, unicast).
+/// `RTM_NEWROUTE` for `dst dev OIF table T mtu M [src S]` (scope link, unicast).
 pub(crate) fn replace_message(route: &RouteSpec, oif: u32, table: u32) -> RouteMessage {
     let mut message = RouteMessage::default();
     message.header = RouteHeader {
@@ -139,6 +143,11 @@ pub(crate) fn replace_message(route: &RouteSpec, oif: u32, table: u32) -> RouteM
         RouteAttribute::Destination(route_address(route.dst.network())),
         RouteAttribute::Oif(oif),
     ];
+    if let Some(src) = route.src {
+        message
+            .attributes
+            .push(RouteAttribute::PrefSource(route_address(src)));
+    }
     if route.mtu != 0 {
         message
             .attributes
@@ -171,6 +180,7 @@ pub(crate) struct ParsedRoute {
     pub(crate) dst: IpNetwork,
     pub(crate) oif: Option<u32>,
     pub(crate) mtu: Option<u32>,
+    pub(crate) prefsrc: Option<IpAddr>,
     pub(crate) priority: u32,
 }
 
@@ -188,12 +198,19 @@ pub(crate) fn parse_route(message: &RouteMessage) -> Option<ParsedRoute> {
         dst: IpNetwork::from(dst_ip),
         oif: None,
         mtu: None,
+        prefsrc: None,
         priority: 0,
     };
     for attribute in &message.attributes {
         match attribute {
             RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst_ip = IpAddr::V4(*ip),
             RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst_ip = IpAddr::V6(*ip),
+            RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => {
+                parsed.prefsrc = Some(IpAddr::V4(*ip));
+            }
+            RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => {
+                parsed.prefsrc = Some(IpAddr::V6(*ip));
+            }
             RouteAttribute::Oif(index) => parsed.oif = Some(*index),
             RouteAttribute::Priority(priority) => parsed.priority = *priority,
             RouteAttribute::Metrics(metrics) => {
@@ -250,6 +267,7 @@ mod tests {
             dst: "10.244.1.0/24".parse().unwrap(),
             dev: "wireseal0".into(),
             mtu: 1420,
+            src: None,
         };
         let message = replace_message(&route, 7, 51830);
         assert_eq!(message.header.table, 0, "tables above 255 go in RTA_TABLE");
@@ -258,6 +276,23 @@ mod tests {
         assert_eq!(parsed.dst, route.dst);
         assert_eq!(parsed.oif, Some(7));
         assert_eq!(parsed.mtu, Some(1420));
+        assert_eq!(parsed.prefsrc, None);
+
+        for src in ["10.244.0.1", "fd00:244::1"] {
+            let src: IpAddr = src.parse().unwrap();
+            let dst = if src.is_ipv4() {
+                "10.244.1.0/24"
+            } else {
+                "fd00:244:1::/64"
+            };
+            let route = RouteSpec {
+                dst: dst.parse().unwrap(),
+                src: Some(src),
+                ..route.clone()
+            };
+            let parsed = parse_route(&replace_message(&route, 7, 51830)).unwrap();
+            assert_eq!(parsed.prefsrc, Some(src));
+        }
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn external_deletes_are_reported() {
             dst: "10.244.5.0/24".parse().unwrap(),
             dev: "wsm0".into(),
             mtu: 1400,
+            src: None,
         };
         let rule = RuleSpec {
             family: Family::V6,
@@ -65,6 +66,24 @@ fn external_deletes_are_reported() {
 
         ns.ip(&["link", "set", "wsm0", "mtu", "1300"]);
         wait_for(&mut monitor, |c| matches!(c, Change::Link { .. })).await;
+
+        // Addresses coming and going (a CNI's gateway) are reported, with
+        // the address, in both families.
+        let index = nl.link("wsm0").await.unwrap().unwrap().index;
+        for (add, ip) in [
+            ("10.244.5.1/32", "10.244.5.1"),
+            ("fd00:244:5::1/64", "fd00:244:5::1"),
+        ] {
+            let ip = ip.parse().unwrap();
+            let expected = Change::Address {
+                index,
+                address: Some(ip),
+            };
+            ns.ip(&["addr", "add", add, "dev", "wsm0", "nodad"]);
+            wait_for(&mut monitor, |c| c == expected).await;
+            ns.ip(&["addr", "del", add, "dev", "wsm0"]);
+            wait_for(&mut monitor, |c| c == expected).await;
+        }
         // Nothing else queued that we did not cause... except possibly more
         // link events from the same change; draining must not block.
         while monitor.try_next().is_some() {}

@@ -28,6 +28,14 @@ fn route(dst: &str, mtu: u32) -> RouteSpec {
         dst: dst.parse().unwrap(),
         dev: DEV.into(),
         mtu,
+        src: None,
+    }
+}
+
+fn sourced(dst: &str, src: &str) -> RouteSpec {
+    RouteSpec {
+        src: Some(src.parse().unwrap()),
+        ..route(dst, 1400)
     }
 }
 
@@ -347,11 +355,13 @@ fn routes_through_a_tun_device_as_the_userspace_datapath_uses() {
                 dst: "10.244.7.0/24".parse().unwrap(),
                 dev: "wireseal0".into(),
                 mtu: 1420,
+                src: None,
             },
             RouteSpec {
                 dst: "fd00:244:7::/64".parse().unwrap(),
                 dev: "wireseal0".into(),
                 mtu: 1420,
+                src: None,
             },
         ];
         let plan = RoutingPlan {
@@ -370,5 +380,81 @@ fn routes_through_a_tun_device_as_the_userspace_datapath_uses() {
             v4.contains("10.244.7.0/24 dev wireseal0") && v4.contains("mtu 1420"),
             "{v4}"
         );
+    });
+}
+
+#[test]
+fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
+    let ns = Netns::new();
+    ns.veth(DEV, "wsv1");
+    // The CNI's gateway addresses, on another device than the routes' (as
+    // flannel's cni0 is, while the routes go through the tunnel).
+    ns.veth("wsgw0", "wsgw1");
+    ns.ip(&["addr", "add", "10.244.0.1/24", "dev", "wsgw0"]);
+    ns.ip(&["addr", "add", "10.244.0.2/32", "dev", "wsgw0"]);
+    ns.ip(&["addr", "add", "fd00:244::1/64", "dev", "wsgw0", "nodad"]);
+    let v4 = sourced("10.244.1.0/24", "10.244.0.1");
+    let v6 = sourced("fd00:244:1::/64", "fd00:244::1");
+    let want = desired(1420, &[v4.clone(), v6.clone()]);
+
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        reconcile(&nl, &want).await;
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert_eq!(observed.state.routes, want.routes, "src is read back");
+        assert_eq!(reconcile(&nl, &want).await, 0, "and the plan converges");
+        let shown = ns.ip(&["route", "show", "table", "51830"]);
+        assert!(
+            line_starting(&shown, "10.244.1.0/24").is_some_and(|l| l.contains("src 10.244.0.1")),
+            "{shown}"
+        );
+        let shown6 = ns.ip(&["-6", "route", "show", "table", "51830"]);
+        assert!(shown6.contains("src fd00:244::1"), "{shown6}");
+        // What the kernel then does for the node's own packets.
+        let got = ns.ip(&["route", "get", "10.244.1.10"]);
+        assert!(got.contains("src 10.244.0.1"), "{got}");
+
+        // Another source: one replace per route, never a second route.
+        let moved = desired(1420, &[sourced("10.244.1.0/24", "10.244.0.2"), v6.clone()]);
+        assert_eq!(reconcile(&nl, &moved).await, 1);
+        let shown = ns.ip(&["route", "show", "table", "51830"]);
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(shown.contains("src 10.244.0.2"), "{shown}");
+
+        // The address goes. IPv4 flushes the routes whose preferred source
+        // vanished from the main table only (fib_sync_down_addr): ours stays,
+        // with a source that is no longer the node's (IPv6 clears it instead),
+        // until the agent's next pass, woken by the address event, sets the
+        // one it finds then.
+        ns.ip(&["addr", "del", "10.244.0.2/32", "dev", "wsgw0"]);
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        let stale = observed.state.routes.get(&v4.dst).and_then(|r| r.src);
+        assert!(
+            stale.is_none() || stale == Some("10.244.0.2".parse().unwrap()),
+            "{:?}",
+            observed.state.routes
+        );
+        // Writing that vanished source again is refused (EINVAL), naming the
+        // route and the source.
+        let err = nl
+            .replace_route(&sourced("10.244.1.0/24", "10.244.0.2"), TABLE)
+            .await
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(Errno(libc::EINVAL)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("10.244.1.0/24") && text.contains("src 10.244.0.2"),
+            "{text}"
+        );
+        // With the address the agent finds next, one pass restores it.
+        assert_eq!(reconcile(&nl, &want).await, 1);
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert_eq!(observed.state.routes, want.routes);
+
+        // No source at all: a replace again.
+        let plain = desired(1420, &[route("10.244.1.0/24", 1400), v6]);
+        assert_eq!(reconcile(&nl, &plain).await, 1);
+        let shown = ns.ip(&["route", "show", "table", "51830"]);
+        assert!(!shown.contains("src"), "{shown}");
     });
 }

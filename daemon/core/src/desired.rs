@@ -2,7 +2,8 @@
 //! wants on this node, with a per-node account of why a node is or is not a peer.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnetwork::IpNetwork;
 use thiserror::Error;
@@ -29,6 +30,10 @@ pub struct MeshConfig {
     pub mtu: u32,
     /// Persistent keepalive for every peer, in seconds.
     pub persistent_keepalive: Option<u16>,
+    /// The addresses on this node's interfaces, as last read. Per family, the
+    /// lowest of them inside this node's own pod CIDRs becomes the preferred
+    /// source of the routes into the tunnel (see [`host_source`]).
+    pub local_addresses: BTreeSet<IpAddr>,
 }
 
 /// Why a remote node is not (fully) a peer.
@@ -82,6 +87,51 @@ pub struct NodeOutcome {
     pub issues: Vec<PeerIssue>,
 }
 
+/// A family routed into the tunnel for which this node has no address inside
+/// its own pod CIDRs: its routes go without a preferred source, so packets
+/// the node itself sends to pods on other nodes leave with a source outside
+/// the pod CIDRs (typically the node's address), which the peers' WireGuard
+/// drops.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub struct NoHostSource {
+    /// This node.
+    pub node: String,
+    /// The family without a source.
+    pub family: Family,
+    /// This node's pod CIDRs of that family; empty when it has none.
+    pub pod_cidrs: Vec<IpNetwork>,
+}
+
+impl fmt::Display for NoHostSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let family = match self.family {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        };
+        let consequence = "so host-network traffic (kubelet, host-network pods, an API server \
+            calling a webhook) to pods on other nodes enters the tunnel with the node's own \
+            address as its source, and the peers' WireGuard drops it";
+        if self.pod_cidrs.is_empty() {
+            return write!(
+                f,
+                "node {} has no {family} pod CIDR, {consequence}; give the Node one \
+                 (spec.podCIDRs, or the wireseal.dev/pod-cidrs annotation)",
+                self.node
+            );
+        }
+        let cidrs: Vec<String> = self.pod_cidrs.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "node {} has no {family} address inside its pod CIDRs {} on any interface, \
+             {consequence}; the CNI's bridge, gateway or tunnel device usually carries one \
+             (flannel's cni0, Cilium's cilium_host, Calico's tunnel device; some appear only \
+             with the first pod), otherwise add one that the CNI never gives to a pod",
+            self.node,
+            cidrs.join(", ")
+        )
+    }
+}
+
 /// The desired state plus the account of every remote node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
@@ -91,6 +141,26 @@ pub struct Desired {
     pub nodes: BTreeMap<String, NodeOutcome>,
     /// The node each peer key belongs to.
     pub peer_nodes: BTreeMap<PublicKey, String>,
+    /// The preferred source of the routes into the tunnel, per family that
+    /// has one.
+    pub host_sources: BTreeMap<Family, IpAddr>,
+    /// The families routed into the tunnel without a preferred source.
+    pub host_source_issues: Vec<NoHostSource>,
+}
+
+/// The source this node's own packets into the tunnel get for `family`: the
+/// lowest of `local` inside `own_cidrs`, so the choice is stable while the
+/// addresses are. `None` when no local address of that family lies inside.
+#[must_use]
+pub fn host_source(
+    own_cidrs: &[IpNetwork],
+    local: &BTreeSet<IpAddr>,
+    family: Family,
+) -> Option<IpAddr> {
+    local
+        .iter()
+        .copied()
+        .find(|ip| Family::of_ip(*ip) == family && own_cidrs.iter().any(|c| c.contains(*ip)))
 }
 
 /// Computes the desired state of node `self_name`, whose device uses `self_key`.
@@ -151,6 +221,12 @@ pub fn desired(
     }
 
     let allowed = allowed_cidrs(&candidates, &remotes, own_cidrs, &mut outcomes);
+    let host_sources: BTreeMap<Family, IpAddr> = [Family::V4, Family::V6]
+        .into_iter()
+        .filter_map(|family| {
+            host_source(own_cidrs, &config.local_addresses, family).map(|ip| (family, ip))
+        })
+        .collect();
 
     let mut peers = BTreeMap::new();
     let mut peer_nodes = BTreeMap::new();
@@ -174,6 +250,7 @@ pub fn desired(
                     dst: *cidr,
                     dev: config.interface.clone(),
                     mtu: config.mtu,
+                    src: host_sources.get(&Family::of(cidr)).copied(),
                 },
             );
         }
@@ -189,10 +266,25 @@ pub fn desired(
         outcome.peer = Some(*key);
     }
 
-    let rules = routes
-        .keys()
-        .map(Family::of)
-        .collect::<BTreeSet<_>>()
+    let families = routes.keys().map(Family::of).collect::<BTreeSet<_>>();
+    let host_source_issues = families
+        .iter()
+        .filter(|family| !host_sources.contains_key(family))
+        .map(|family| NoHostSource {
+            node: self_name.to_owned(),
+            family: *family,
+            pod_cidrs: own_cidrs
+                .iter()
+                .filter(|cidr| Family::of(cidr) == *family)
+                .copied()
+                .collect(),
+        })
+        .collect();
+    let host_sources = host_sources
+        .into_iter()
+        .filter(|(family, _)| families.contains(family))
+        .collect();
+    let rules = families
         .into_iter()
         .map(|family| RuleSpec {
             family,
@@ -219,6 +311,8 @@ pub fn desired(
         },
         nodes: outcomes,
         peer_nodes,
+        host_sources,
+        host_source_issues,
     }
 }
 

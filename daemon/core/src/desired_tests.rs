@@ -19,6 +19,7 @@ pub(crate) fn config() -> MeshConfig {
         rule_priority: 90,
         mtu: 1440,
         persistent_keepalive: Some(25),
+        local_addresses: BTreeSet::new(),
     }
 }
 
@@ -231,6 +232,112 @@ fn routes_wait_for_a_handshake() {
     let mut all = desired("a", &key(0), &cluster(), &config());
     assert!(gate_routes(&mut all, &[key(1), key(2)].into(), &BTreeSet::new()).is_empty());
     assert_eq!(all.state.routes.len(), 3);
+}
+
+fn with_addresses(addresses: &[&str]) -> MeshConfig {
+    MeshConfig {
+        local_addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        ..config()
+    }
+}
+
+#[test]
+fn host_traffic_gets_the_lowest_own_pod_address_as_source() {
+    // The node's underlay address, a pod gateway and a second address in our
+    // CIDR, an address in b's CIDR (not ours), and an IPv6 address while we
+    // have no IPv6 pod CIDR.
+    let config = with_addresses(&[
+        "192.0.2.10",
+        "10.244.0.9",
+        "10.244.0.1",
+        "10.244.1.1",
+        "fd00:244:1::1",
+    ]);
+    let d = desired("a", &key(0), &cluster(), &config);
+    let v4: IpAddr = "10.244.0.1".parse().unwrap();
+    for route in d.state.routes.values() {
+        match Family::of(&route.dst) {
+            Family::V4 => assert_eq!(route.src, Some(v4), "{route:?}"),
+            Family::V6 => assert_eq!(route.src, None, "{route:?}"),
+        }
+    }
+    assert_eq!(d.host_sources, BTreeMap::from([(Family::V4, v4)]));
+    // b's IPv6 CIDR is routed into the tunnel, but we have no IPv6 pod CIDR.
+    assert_eq!(
+        d.host_source_issues,
+        vec![NoHostSource {
+            node: "a".into(),
+            family: Family::V6,
+            pod_cidrs: vec![],
+        }]
+    );
+    // Allowed IPs are the pod CIDRs: the source needs no change there.
+    assert_eq!(
+        d.state.device.peers[&key(1)].allowed_ips,
+        cluster()[1].pod_cidrs.iter().copied().collect()
+    );
+}
+
+#[test]
+fn dual_stack_sources_per_family() {
+    let mut nodes = cluster();
+    nodes[0].pod_cidrs.push("fd00:244::/64".parse().unwrap());
+    let config = with_addresses(&["fd00:244::1", "10.244.0.1", "fd00:244::"]);
+    let d = desired("a", &key(0), &nodes, &config);
+    assert_eq!(
+        d.host_sources,
+        BTreeMap::from([
+            (Family::V4, "10.244.0.1".parse().unwrap()),
+            (Family::V6, "fd00:244::".parse().unwrap()),
+        ])
+    );
+    assert!(d.host_source_issues.is_empty());
+    let v6 = &d.state.routes[&"fd00:244:1::/64".parse().unwrap()];
+    assert_eq!(v6.src, Some("fd00:244::".parse().unwrap()));
+    assert_eq!(
+        host_source(&nodes[0].pod_cidrs, &config.local_addresses, Family::V6),
+        Some("fd00:244::".parse().unwrap())
+    );
+}
+
+#[test]
+fn without_an_own_pod_address_routes_go_without_source_and_say_why() {
+    let d = desired("a", &key(0), &cluster(), &with_addresses(&["192.0.2.10"]));
+    assert!(d.state.routes.values().all(|r| r.src.is_none()));
+    assert!(d.host_sources.is_empty());
+    let families: Vec<Family> = d.host_source_issues.iter().map(|i| i.family).collect();
+    assert_eq!(families, vec![Family::V4, Family::V6]);
+    let v4 = d.host_source_issues[0].to_string();
+    for part in [
+        "node a ",
+        "no IPv4 address inside its pod CIDRs 10.244.0.0/24",
+        "host-network traffic",
+        "pods on other nodes",
+        "drops it",
+        "cni0",
+    ] {
+        assert!(v4.contains(part), "{part:?} missing from {v4}");
+    }
+    let v6 = d.host_source_issues[1].to_string();
+    assert!(v6.contains("node a has no IPv6 pod CIDR"), "{v6}");
+    assert!(v6.contains("wireseal.dev/pod-cidrs"), "{v6}");
+}
+
+#[test]
+fn no_peer_no_host_source_issue() {
+    let alone = vec![cluster().remove(0)];
+    let d = desired("a", &key(0), &alone, &config());
+    assert!(d.host_source_issues.is_empty());
+    assert!(d.host_sources.is_empty());
+}
+
+#[test]
+fn host_sources_survive_the_handshake_gate() {
+    let mut d = desired("a", &key(0), &cluster(), &with_addresses(&["10.244.0.1"]));
+    gate_routes(&mut d, &BTreeSet::from([key(2)]), &BTreeSet::new());
+    let routes: Vec<_> = d.state.routes.values().collect();
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].src, Some("10.244.0.1".parse().unwrap()));
 }
 
 #[test]

@@ -16,7 +16,9 @@ pub mod plan;
 pub mod state;
 
 pub use annotation::{DatapathKind, NodeInputError, NodeStatus};
-pub use desired::{Desired, MeshConfig, NodeOutcome, PeerIssue, desired, gate_routes};
+pub use desired::{
+    Desired, MeshConfig, NoHostSource, NodeOutcome, PeerIssue, desired, gate_routes, host_source,
+};
 pub use key::{KeyError, PublicKey};
 pub use node::NodeView;
 pub use plan::{DevicePlan, LinkPlan, Plan, RoutingPlan, plan};

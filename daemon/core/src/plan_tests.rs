@@ -1,5 +1,7 @@
 use proptest::prelude::*;
 
+use std::net::IpAddr;
+
 use super::*;
 use crate::desired::{MeshConfig, desired};
 use crate::node::{AddressKind, NodeAddress, NodeView};
@@ -22,7 +24,26 @@ fn config(mtu: u32) -> MeshConfig {
         rule_priority: 90,
         mtu,
         persistent_keepalive: None,
+        local_addresses: BTreeSet::new(),
     }
+}
+
+/// Addresses a node may have: its underlay address, addresses inside and
+/// outside the pool's pod CIDRs, in both families.
+fn address_pool() -> Vec<IpAddr> {
+    [
+        "192.0.2.10",
+        "10.244.0.1",
+        "10.244.0.7",
+        "10.244.1.1",
+        "10.244.2.129",
+        "fd00:244:1::1",
+        "fd00:244::",
+        "2001:db8::1",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect()
 }
 
 fn cidr_pool() -> Vec<IpNetwork> {
@@ -90,6 +111,7 @@ prop_compose! {
         )),
         routes in proptest::sample::subsequence(cidr_pool(), 0..5),
         route_mtu in prop_oneof![Just(1420u32), Just(1440)],
+        route_src in proptest::option::of(proptest::sample::select(address_pool())),
         rules in proptest::sample::subsequence(vec![(Family::V4, 90u32), (Family::V6, 90), (Family::V4, 91)], 0..3),
     ) -> ObservedState {
         ObservedState {
@@ -102,7 +124,7 @@ prop_compose! {
             }),
             routes: routes
                 .into_iter()
-                .map(|dst| (dst, RouteSpec { dst, dev: "wireseal0".into(), mtu: route_mtu }))
+                .map(|dst| (dst, RouteSpec { dst, dev: "wireseal0".into(), mtu: route_mtu, src: route_src }))
                 .collect(),
             rules: rules
                 .into_iter()
@@ -128,8 +150,10 @@ proptest! {
         me in 0u8..6,
         own in 0u8..7,
         mtu in prop_oneof![Just(1420u32), Just(1440)],
+        local in proptest::sample::subsequence(address_pool(), 0..4),
     ) {
-        let d = desired(&format!("n{me}"), &self_key(own), &nodes, &config(mtu));
+        let config = MeshConfig { local_addresses: local.into_iter().collect(), ..config(mtu) };
+        let d = desired(&format!("n{me}"), &self_key(own), &nodes, &config);
         let first = plan(&d.state, &observed);
         let mut after = observed;
         after.apply(&first);
@@ -140,6 +164,15 @@ proptest! {
         prop_assert_eq!(&device.peers, &d.state.device.peers);
         prop_assert_eq!(&after.routes, &d.state.routes);
         prop_assert_eq!(&after.rules, &d.state.rules);
+        // Every route's source is this node's own address of its family,
+        // inside this node's pod CIDRs.
+        for route in d.state.routes.values() {
+            if let Some(src) = route.src {
+                prop_assert_eq!(Family::of_ip(src), Family::of(&route.dst));
+                prop_assert!(config.local_addresses.contains(&src));
+                prop_assert_eq!(d.host_sources.get(&Family::of(&route.dst)), Some(&src));
+            }
+        }
     }
 
     /// The same nodes in any order give the same desired state and plan.
@@ -148,6 +181,7 @@ proptest! {
         nodes in proptest::collection::vec(arb_node(), 0..8).prop_shuffle(),
         observed in arb_observed(),
         me in 0u8..6,
+        local in proptest::sample::subsequence(address_pool(), 0..4).prop_shuffle(),
     ) {
         // Names are unique in a real cluster; keep the last of each, as desired() does.
         let mut unique: BTreeMap<String, NodeView> = BTreeMap::new();
@@ -157,8 +191,9 @@ proptest! {
         let forward: Vec<NodeView> = unique.values().cloned().collect();
         let backward: Vec<NodeView> = unique.values().rev().cloned().collect();
         let name = format!("n{me}");
-        let a = desired(&name, &key(0), &forward, &config(1440));
-        let b = desired(&name, &key(0), &backward, &config(1440));
+        let config = MeshConfig { local_addresses: local.into_iter().collect(), ..config(1440) };
+        let a = desired(&name, &key(0), &forward, &config);
+        let b = desired(&name, &key(0), &backward, &config);
         prop_assert_eq!(&a, &b);
         prop_assert_eq!(plan(&a.state, &observed), plan(&b.state, &observed));
     }
@@ -311,19 +346,30 @@ fn a_rekeyed_node_adds_the_new_peer_and_removes_the_old() {
     assert_eq!(p.len(), 2);
 }
 
-#[test]
-fn an_mtu_change_replaces_routes_and_sets_the_link() {
-    let nodes = vec![NodeView {
+/// Node "b", a peer with pod CIDR 10.244.1.0/24.
+fn node_b() -> NodeView {
+    NodeView {
         name: "b".into(),
         pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
         public_key: Some(key(1)),
         ..NodeView::default()
-    }];
+    }
+}
+
+/// Node "a" with `nodes` programmed as `config` wants, from nothing.
+fn programmed(nodes: &[NodeView], config: &MeshConfig) -> ObservedState {
     let mut observed = ObservedState::default();
     observed.apply(&plan(
-        &desired("a", &key(0), &nodes, &config(1440)).state,
+        &desired("a", &key(0), nodes, config).state,
         &observed,
     ));
+    observed
+}
+
+#[test]
+fn an_mtu_change_replaces_routes_and_sets_the_link() {
+    let nodes = vec![node_b()];
+    let observed = programmed(&nodes, &config(1440));
     let p = plan(
         &desired("a", &key(0), &nodes, &config(1420)).state,
         &observed,
@@ -361,4 +407,36 @@ fn tunnel_mtu_follows_the_underlay() {
     assert_eq!(tunnel_mtu(9001, Family::V4), Some(8941));
     assert_eq!(tunnel_mtu(1300, Family::V4), None);
     assert_eq!(tunnel_mtu(40, Family::V6), None);
+}
+
+#[test]
+fn a_new_source_replaces_the_routes_in_place() {
+    let all = [
+        NodeView {
+            name: "a".into(),
+            pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
+            ..NodeView::default()
+        },
+        node_b(),
+    ];
+    let mut observed = programmed(&all, &config(1440));
+    let gateway: IpAddr = "10.244.0.1".parse().unwrap();
+    let with_source = MeshConfig {
+        local_addresses: [gateway].into(),
+        ..config(1440)
+    };
+    let p = plan(&desired("a", &key(0), &all, &with_source).state, &observed);
+    // A replace (NLM_F_REPLACE), never a remove and add: no gap for pod traffic.
+    assert_eq!(p.routing.add_routes.len(), 1);
+    assert!(p.routing.remove_routes.is_empty());
+    assert_eq!(
+        p.routing.add_routes.values().next().unwrap().src,
+        Some(gateway)
+    );
+    assert_eq!(p.len(), 1);
+    // The address goes away again: the route loses its source the same way.
+    observed.apply(&p);
+    let p = plan(&desired("a", &key(0), &all, &config(1440)).state, &observed);
+    assert_eq!(p.routing.add_routes.values().next().unwrap().src, None);
+    assert!(p.routing.remove_routes.is_empty());
 }

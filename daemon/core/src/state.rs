@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnetwork::IpNetwork;
 
@@ -27,6 +27,15 @@ impl Family {
         match net {
             IpNetwork::V4(_) => Self::V4,
             IpNetwork::V6(_) => Self::V6,
+        }
+    }
+
+    /// The family of an address.
+    #[must_use]
+    pub fn of_ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
         }
     }
 
@@ -118,6 +127,12 @@ pub struct RouteSpec {
     pub dev: String,
     /// Route MTU (the tunnel MTU), so TCP picks a fitting MSS.
     pub mtu: u32,
+    /// Preferred source (`RTA_PREFSRC`) of the packets the node itself sends
+    /// along this route: an address of this node inside its own pod CIDRs,
+    /// so the peer's WireGuard accepts them (its allowed IPs for us are our
+    /// pod CIDRs) and routes the replies back through the tunnel. `None` when
+    /// the node has no such address; the kernel then picks the source.
+    pub src: Option<IpAddr>,
 }
 
 /// wireseal's policy rule for one family:

@@ -233,4 +233,13 @@ impl Routing for AnyRouting {
             Self::Memory(r) => r.writes(),
         }
     }
+
+    async fn local_addresses(
+        &mut self,
+    ) -> Result<std::collections::BTreeSet<std::net::IpAddr>, DatapathError> {
+        match self {
+            Self::Netlink(r) => r.local_addresses().await,
+            Self::Memory(r) => r.local_addresses().await,
+        }
+    }
 }

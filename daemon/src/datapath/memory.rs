@@ -144,4 +144,10 @@ impl Routing for MemoryNode {
     ) -> Result<Option<(String, u32)>, DatapathError> {
         Ok(None)
     }
+
+    /// A memory node has no interfaces, so no address inside its pod CIDRs:
+    /// its routes carry no preferred source and its status says why.
+    async fn local_addresses(&mut self) -> Result<BTreeSet<IpAddr>, DatapathError> {
+        Ok(BTreeSet::new())
+    }
 }

@@ -163,6 +163,14 @@ pub trait Routing: Send {
     fn writes(&self) -> u64 {
         0
     }
+
+    /// The node's addresses that can be a route's preferred source, read
+    /// anew on every call: the CNI adds and removes them (flannel's cni0
+    /// appears with the first pod). Leaves out a source the kernel refused
+    /// since the addresses last changed.
+    fn local_addresses(
+        &mut self,
+    ) -> impl Future<Output = Result<BTreeSet<IpAddr>, DatapathError>> + Send;
 }
 
 /// The parts of a routing plan, in the order they are applied.

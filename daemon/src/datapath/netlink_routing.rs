@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use tracing::warn;
-use wireseal_core::RoutingPlan;
-use wireseal_netlink::{Netlink, RoutingIds};
+use wireseal_core::{RouteSpec, RoutingPlan};
+use wireseal_netlink::{ApplyError, ApplyItem, Errno, Netlink, RoutingIds};
 
 use super::{DatapathError, Routing, RoutingObservation, RoutingPhase};
 
@@ -16,6 +16,12 @@ pub struct NetlinkRouting {
     table: u32,
     fwmark: u32,
     warned_foreign: bool,
+    /// The usable addresses as last read.
+    addresses: BTreeSet<IpAddr>,
+    /// Preferred sources the kernel refused, and the addresses there were
+    /// then: not offered again until the addresses change, so a refused
+    /// source cannot make every pass write its routes twice.
+    refused: Option<(BTreeSet<IpAddr>, BTreeSet<IpAddr>)>,
 }
 
 impl std::fmt::Debug for NetlinkRouting {
@@ -36,11 +42,66 @@ impl NetlinkRouting {
             table,
             fwmark,
             warned_foreign: false,
+            addresses: BTreeSet::new(),
+            refused: None,
+        }
+    }
+
+    /// A route whose preferred source is no longer an address of this node
+    /// (deleted between reading the addresses and writing the route) is
+    /// refused with `EINVAL`. Leaving its destination without a route into
+    /// the tunnel would send its pods' traffic along the CNI's plain path
+    /// until the next pass, so it is written again at once without a source,
+    /// and that source is not offered again until the addresses change (the
+    /// address event that removed it wakes the next pass, which reads them
+    /// anew). Every other failure is returned as it was.
+    async fn retry_without_refused_sources(&mut self, err: ApplyError) -> Result<(), ApplyError> {
+        let (refused, mut failures): (Vec<_>, Vec<_>) =
+            err.failures.into_iter().partition(|failure| {
+                matches!(&failure.item, ApplyItem::ReplaceRoute(route) if route.src.is_some())
+                    && failure.errno() == Some(Errno(nix::errno::Errno::EINVAL as i32))
+            });
+        let mut retry = RoutingPlan::default();
+        let mut sources = BTreeSet::new();
+        for failure in &refused {
+            if let ApplyItem::ReplaceRoute(route) = &failure.item {
+                sources.extend(route.src);
+                let plain = RouteSpec {
+                    src: None,
+                    ..route.clone()
+                };
+                retry.add_routes.insert(route.dst, plain);
+            }
+        }
+        if retry.add_routes.is_empty() {
+            return Err(ApplyError { failures });
+        }
+        let first = refused
+            .first()
+            .map(|failure| failure.error.to_string())
+            .unwrap_or_default();
+        match self.netlink.apply_routes(self.table, &retry).await {
+            Ok(()) => {
+                warn!(
+                    routes = retry.add_routes.len(),
+                    sources = ?sources,
+                    error = %first,
+                    "the kernel refused the routes' preferred source (no longer an address of this node?); \
+                     wrote them without it, and will read the addresses again"
+                );
+                self.refused = Some((self.addresses.clone(), sources));
+            }
+            Err(mut again) => failures.append(&mut again.failures),
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError { failures })
         }
     }
 }
 
-fn wrap(operation: &str) -> impl FnOnce(wireseal_netlink::ApplyError) -> DatapathError + '_ {
+fn wrap(operation: &str) -> impl FnOnce(ApplyError) -> DatapathError + '_ {
     move |err| DatapathError::new(operation, err)
 }
 
@@ -97,11 +158,13 @@ impl Routing for NetlinkRouting {
                 .remove_stale_rules(plan)
                 .await
                 .map_err(wrap("removing rules")),
-            RoutingPhase::Routes => self
-                .netlink
-                .apply_routes(self.table, plan)
-                .await
-                .map_err(wrap("changing routes")),
+            RoutingPhase::Routes => match self.netlink.apply_routes(self.table, plan).await {
+                Ok(()) => Ok(()),
+                Err(err) => self
+                    .retry_without_refused_sources(err)
+                    .await
+                    .map_err(wrap("changing routes")),
+            },
             RoutingPhase::AddRules => self
                 .netlink
                 .add_rules(plan)
@@ -139,5 +202,67 @@ impl Routing for NetlinkRouting {
 
     fn writes(&self) -> u64 {
         self.netlink.writes()
+    }
+
+    async fn local_addresses(&mut self) -> Result<BTreeSet<IpAddr>, DatapathError> {
+        let addresses: BTreeSet<IpAddr> = self
+            .netlink
+            .addresses()
+            .await
+            .map_err(|err| DatapathError::new("listing addresses", err))?
+            .into_iter()
+            .filter(|address| address.usable)
+            .map(|address| address.address)
+            .collect();
+        self.addresses.clone_from(&addresses);
+        Ok(offered(addresses, &mut self.refused))
+    }
+}
+
+/// The addresses to offer as sources: all of them, less those the kernel
+/// refused while the addresses were the same as now. Once they change, the
+/// refusal is forgotten and every address is offered again.
+fn offered(
+    addresses: BTreeSet<IpAddr>,
+    refused: &mut Option<(BTreeSet<IpAddr>, BTreeSet<IpAddr>)>,
+) -> BTreeSet<IpAddr> {
+    match refused {
+        Some((among, sources)) if *among == addresses => {
+            addresses.difference(sources).copied().collect()
+        }
+        Some(_) => {
+            *refused = None;
+            addresses
+        }
+        None => addresses,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(addresses: &[&str]) -> BTreeSet<IpAddr> {
+        addresses.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_refused_source_is_offered_again_once_the_addresses_change() {
+        let mut refused = None;
+        let now = set(&["192.0.2.10", "10.244.0.1", "10.244.0.7"]);
+        assert_eq!(offered(now.clone(), &mut refused), now);
+
+        refused = Some((now.clone(), set(&["10.244.0.1"])));
+        // Same addresses: the next lowest is offered instead, so the routes
+        // are not written twice on every pass.
+        assert_eq!(
+            offered(now, &mut refused),
+            set(&["192.0.2.10", "10.244.0.7"])
+        );
+        assert!(refused.is_some());
+        // Anything changes (an address added, DAD done): all offered again.
+        let later = set(&["192.0.2.10", "10.244.0.1", "10.244.0.7", "fd00::1"]);
+        assert_eq!(offered(later.clone(), &mut refused), later);
+        assert!(refused.is_none());
     }
 }

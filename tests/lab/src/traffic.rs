@@ -1,12 +1,15 @@
-//! Traffic between pods: pings (optionally carrying the canary), all-pairs
-//! connectivity, a continuous pinger that counts losses, and iperf3.
+//! Traffic to pods, from pods or from a node itself: pings (optionally
+//! carrying the canary), all-pairs connectivity, a continuous pinger that
+//! counts losses, and iperf3.
 
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::capture::canary_hex;
+use crate::netns::Netns;
 use crate::topology::Network;
 
 /// A pod, by (node index, pod index).
@@ -36,17 +39,32 @@ pub fn ping(
     Pinger::start(network, from, to, Some(count), interval)?.wait()
 }
 
-/// `ping` from one pod to another, with the canary in every payload.
-fn ping_command(
+/// Pings pod `to` from node `from`'s own network namespace (as kubelet, a
+/// host-network pod or an API server on that node would send), `count` times,
+/// `interval` apart, with the canary in the payload. Losses are reported, not errors.
+///
+/// # Errors
+/// When ping cannot run at all.
+pub fn host_ping(
     network: &Network,
-    from: PodRef,
+    from: usize,
     to: PodRef,
-    count: Option<u32>,
+    count: u32,
     interval: Duration,
-) -> Command {
-    let src = &network.nodes[from.0].pods[from.1];
+) -> Result<PingResult> {
     let dst = network.nodes[to.0].pods[to.1].ip;
-    let mut command = src.ns.command("ping");
+    Pinger::spawn(ping_command(
+        &network.nodes[from].ns,
+        dst,
+        Some(count),
+        interval,
+    ))?
+    .wait()
+}
+
+/// `ping` from namespace `src` to `dst`, with the canary in every payload.
+fn ping_command(src: &Netns, dst: Ipv4Addr, count: Option<u32>, interval: Duration) -> Command {
+    let mut command = src.command("ping");
     command.args(["-n", "-q", "-W", "1", "-p", &canary_hex()]);
     command.args(["-i", &format!("{:.3}", interval.as_secs_f64().max(0.002))]);
     if let Some(count) = count {
@@ -119,7 +137,13 @@ impl Pinger {
         count: Option<u32>,
         interval: Duration,
     ) -> Result<Self> {
-        let child = ping_command(network, from, to, count, interval)
+        let src = &network.nodes[from.0].pods[from.1].ns;
+        let dst = network.nodes[to.0].pods[to.1].ip;
+        Self::spawn(ping_command(src, dst, count, interval))
+    }
+
+    fn spawn(mut command: Command) -> Result<Self> {
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -3,11 +3,13 @@
 //! They need root and fail (never skip) without it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use wireseal_lab::capture::{Capture, CaptureReport};
-use wireseal_lab::topology::APISERVER_IP;
+use wireseal_lab::topology::{APISERVER_IP, pod_gateway};
 use wireseal_lab::traffic::{self, Pinger};
 use wireseal_lab::{Lab, LabConfig, WIREGUARD_PORT};
 
@@ -20,22 +22,62 @@ fn lab(nodes: usize, pods: usize) -> Lab {
 
 /// Canary pings between the first pods of `pairs` while capturing the underlay.
 fn capture(lab: &Lab, pairs: &[(usize, usize)]) -> CaptureReport {
+    capture_while(lab, || {
+        for (from, to) in pairs {
+            traffic::ping(
+                &lab.network,
+                (*from, 0),
+                (*to, 0),
+                3,
+                Duration::from_millis(20),
+            )
+            .unwrap();
+        }
+    })
+}
+
+/// What crossed the underlay while `traffic` ran.
+fn capture_while(lab: &Lab, traffic: impl FnOnce()) -> CaptureReport {
+    static CAPTURES: AtomicU32 = AtomicU32::new(0);
     let file = lab.dir.join(format!(
         "capture-{}.pcap",
-        Instant::now().elapsed().as_nanos()
+        CAPTURES.fetch_add(1, Ordering::Relaxed)
     ));
     let capture = Capture::start(&lab.network.underlay, "any", &file).unwrap();
-    for (from, to) in pairs {
-        traffic::ping(
-            &lab.network,
-            (*from, 0),
-            (*to, 0),
-            3,
-            Duration::from_millis(20),
-        )
-        .unwrap();
-    }
+    traffic();
     capture.finish(APISERVER_IP, WIREGUARD_PORT).unwrap()
+}
+
+/// Canary pings from the host namespace of each `from` node to the first pod
+/// of the `to` node; returns the (from, to) pairs that lost pings.
+fn host_pings(lab: &Lab, pairs: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    pairs
+        .iter()
+        .copied()
+        .filter(|(from, to)| {
+            let result =
+                traffic::host_ping(&lab.network, *from, (*to, 0), 3, Duration::from_millis(50))
+                    .unwrap();
+            result.received < result.sent
+        })
+        .collect()
+}
+
+/// How node `i` routes to the first pod of node `to`, for failure messages.
+fn route_to_pod(lab: &Lab, i: usize, to: usize) -> String {
+    let ns = &lab.network.nodes[i].ns;
+    let dst = lab.network.nodes[to].pods[0].ip.to_string();
+    let show = |args: &[&str]| {
+        ns.ip(args).map_or_else(
+            |err| err.to_string(),
+            |out| String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    format!(
+        "node-{i}: ip route get {dst}: {}ip route show table 51830:\n{}",
+        show(&["route", "get", &dst]),
+        show(&["route", "show", "table", "51830"])
+    )
 }
 
 fn eventually(lab: &Lab, what: &str, timeout: Duration, mut check: impl FnMut(&Lab) -> bool) {
@@ -391,4 +433,125 @@ fn toggling_beside_the_cni_under_ping_and_cleanup_restores_the_node() {
         lost_off * 10 <= off.sent,
         "turning wireseal off lost too much: {off:?}"
     );
+}
+
+/// Host-network traffic (kubelet, host-network pods, an API server calling a
+/// webhook on another node) to a pod on another node takes the tunnel too,
+/// is answered, and never crosses the wire in clear: the peer's WireGuard
+/// only accepts sources inside this node's pod CIDRs, so the routes into the
+/// tunnel must give host packets such a source.
+#[test]
+fn host_network_reaches_pods_on_other_nodes_encrypted() {
+    let mut lab = lab(2, 1);
+    let pairs = [(0, 1), (1, 0)];
+    let mut lost = Vec::new();
+    let plain = capture_while(&lab, || lost = host_pings(&lab, &pairs));
+    assert_eq!(lost, vec![], "host → remote pod works over the CNI alone");
+    assert!(
+        plain.canary_frames > 0,
+        "without wireseal the host's canary must be visible: {plain}"
+    );
+
+    lab.start_wireseal().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    let sealed = capture_while(&lab, || lost = host_pings(&lab, &pairs));
+    assert_eq!(
+        lost,
+        vec![],
+        "host → pod on another node lost pings with wireseal on\n{}\n{}\n{}\n{}",
+        route_to_pod(&lab, 0, 1),
+        route_to_pod(&lab, 1, 0),
+        lab.logs(0),
+        lab.logs(1)
+    );
+    assert!(
+        sealed.encrypted(),
+        "{sealed}; plaintext: {:?}",
+        sealed.plaintext
+    );
+}
+
+/// wireseal's table on node `i`, as `ip route` shows it.
+fn tunnel_routes(lab: &Lab, i: usize) -> String {
+    lab.network.nodes[i]
+        .ns
+        .ip(&["route", "show", "table", "51830"])
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The routes' preferred source follows the CNI's gateway address: when it
+/// goes, the routes lose it (a replace: they stay in the tunnel) and the
+/// status says what breaks; when it comes back (as cni0 does with the first
+/// pod), the agent, woken by the address event, sets it again.
+#[test]
+fn the_host_source_follows_the_cni_gateway_address() {
+    let mut lab = lab(2, 1);
+    lab.start_wireseal().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    let gateway = pod_gateway(0);
+    let status = lab.status(0).unwrap();
+    assert_eq!(status.host_sources, vec![IpAddr::from(gateway)]);
+    assert_eq!(status.host_source_warning, None);
+    let text = lab.status_text(0).unwrap();
+    assert!(text.contains(&format!("host src {gateway}")), "{text}");
+    let routes = tunnel_routes(&lab, 0);
+    assert!(
+        routes.contains(&format!(
+            "10.244.1.0/24 dev wireseal0 proto static scope link src {gateway}"
+        )),
+        "{routes}"
+    );
+
+    let on_p0 = format!("{gateway}/32");
+    lab.network.nodes[0]
+        .ns
+        .ip(&["addr", "del", &on_p0, "dev", "p0"])
+        .unwrap();
+    eventually(
+        &lab,
+        "routes without a source, and a warning",
+        CONVERGE,
+        |lab| {
+            let routes = tunnel_routes(lab, 0);
+            routes.contains("10.244.1.0/24 dev wireseal0")
+                && !routes.contains(" src ")
+                && lab.status(0).is_ok_and(|s| {
+                    s.host_sources.is_empty()
+                        && s.host_source_warning.as_deref().is_some_and(|w| {
+                            w.starts_with(
+                            "node node-0 has no IPv4 address inside its pod CIDRs 10.244.0.0/24",
+                        )
+                        })
+                })
+        },
+    );
+    let text = lab.status_text(0).unwrap();
+    assert!(
+        text.contains("warning: node node-0 has no IPv4 address") && text.contains("host src none"),
+        "{text}"
+    );
+
+    // Back, as a CNI sets up a pod: with the last address of p0 the kernel
+    // also dropped the pod's route through it.
+    let pod = format!("{}/32", lab.network.nodes[0].pods[0].ip);
+    for args in [
+        &["addr", "add", &on_p0, "dev", "p0"][..],
+        &["route", "replace", &pod, "dev", "p0"],
+    ] {
+        lab.network.nodes[0].ns.ip(args).unwrap();
+    }
+    eventually(&lab, "the source is back", CONVERGE, |lab| {
+        tunnel_routes(lab, 0).contains(&format!("src {gateway}"))
+            && lab.status(0).is_ok_and(|s| s.host_source_warning.is_none())
+    });
+    let mut lost = Vec::new();
+    let sealed = capture_while(&lab, || lost = host_pings(&lab, &[(0, 1), (1, 0)]));
+    assert_eq!(lost, vec![], "{}", route_to_pod(&lab, 0, 1));
+    assert!(
+        sealed.encrypted(),
+        "{sealed}; plaintext: {:?}",
+        sealed.plaintext
+    );
+    assert!(capture(&lab, &[(0, 1), (1, 0)]).encrypted());
 }

@@ -1,0 +1,100 @@
+//! The agent's routing layer and the routes' preferred source, against a real
+//! kernel in a private network namespace (the test thread unshares its own).
+//! Needs root, and fails without it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::IpAddr;
+
+use wireseal::datapath::netlink_routing::NetlinkRouting;
+use wireseal::datapath::{Routing as _, RoutingPhase};
+use wireseal_core::{RouteSpec, RoutingPlan};
+use wireseal_netlink::Netlink;
+
+const TABLE: u32 = 51830;
+
+/// Runs `body` on a thread of its own in a new, empty network namespace.
+fn in_private_netns<F, Fut>(body: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = ()>,
+{
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (a network namespace, netlink writes)"
+    );
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(body());
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    });
+}
+
+fn route(src: Option<&str>) -> RouteSpec {
+    RouteSpec {
+        dst: "10.244.1.0/24".parse().unwrap(),
+        dev: "lo".into(),
+        mtu: 1400,
+        src: src.map(|s| s.parse().unwrap()),
+    }
+}
+
+fn adding(route: &RouteSpec) -> RoutingPlan {
+    RoutingPlan {
+        add_routes: [(route.dst, route.clone())].into(),
+        ..RoutingPlan::default()
+    }
+}
+
+#[test]
+fn a_refused_source_never_leaves_a_destination_without_its_route() {
+    in_private_netns(|| async {
+        let netlink = Netlink::connect().unwrap();
+        netlink.set_up("lo").await.unwrap();
+        let mut routing = NetlinkRouting::new(netlink, TABLE, 0x1000_0000);
+        let found = routing.local_addresses().await.unwrap();
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(found.contains(&loopback), "{found:?}");
+
+        // A source that is not (any more) an address here: the kernel says
+        // EINVAL; the route goes in without it and the pass does not fail.
+        routing
+            .apply(&adding(&route(Some("10.244.0.9"))), RoutingPhase::Routes)
+            .await
+            .unwrap();
+        let observed = routing.observe("lo", TABLE, 90).await.unwrap();
+        assert_eq!(observed.routes.values().collect::<Vec<_>>(), [&route(None)]);
+
+        // A source that is an address here goes in as it is, replacing.
+        routing
+            .apply(&adding(&route(Some("127.0.0.1"))), RoutingPhase::Routes)
+            .await
+            .unwrap();
+        let observed = routing.observe("lo", TABLE, 90).await.unwrap();
+        assert_eq!(
+            observed.routes.values().collect::<Vec<_>>(),
+            [&route(Some("127.0.0.1"))]
+        );
+
+        // Any other failure still fails the step, with what was refused.
+        let orphan = RouteSpec {
+            dev: "nosuchdev0".into(),
+            ..route(Some("127.0.0.1"))
+        };
+        let err = routing
+            .apply(&adding(&orphan), RoutingPhase::Routes)
+            .await
+            .unwrap_err();
+        assert!(format!("{err}").contains("nosuchdev0"), "{err}");
+        // 10.244.0.9 was never an address here: nothing is held back.
+        assert_eq!(routing.local_addresses().await.unwrap(), found);
+    });
+}
