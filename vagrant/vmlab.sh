@@ -952,6 +952,22 @@ main() {
     check "pod-to-pod ping through kernel WireGuard" "both directions, 5 pings each" test "$ok" -eq 1
     wire_checks "node-1 ↔ node-2"
 
+    # 5b. The node itself (host network: the kubelet, an apiserver calling a
+    # webhook) to a pod on the other node. Its routes carry the node's address
+    # inside its own pod CIDR as source, so the peer accepts the packets and
+    # the replies come back through the tunnel.
+    start_capture host
+    ok=1
+    vm_exec 1 60 "ping -n -q -c 3 -i 0.2 -W 2 -p $hex $(pod_ip 2)" || ok=0
+    vm_exec 2 60 "ping -n -q -c 3 -i 0.2 -W 2 -p $hex $(pod_ip 1)" || ok=0
+    stop_capture
+    vm_exec 1 20 "ip route show table $WG_TABLE" || true
+    [[ "$OUT" == *"src $(pod_gw 1)"* ]] || ok=0
+    check "host network → pod on the other node" \
+        "3 pings each way; node-1's route source: $(grep -o 'src [0-9.]*' <<<"$OUT" | sort -u | tr '\n' ' ')" \
+        test "$ok" -eq 1
+    wire_checks "host-originated"
+
     # 6. Agent restarts (SIGTERM on node-1, SIGKILL on node-2) under a running ping.
     # 25 s of pings: the restarts take 5-10 s under TCG; the check below fails if
     # the ping ended before both agents were back.
