@@ -4,11 +4,13 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use common::Netns;
 use ipnetwork::IpNetwork;
-use wireseal_netlink::{AddressInfo, Error, Netlink};
+use wireseal_core::{LinkPlan, RouteSpec, RoutingPlan, host_address};
+use wireseal_netlink::{AddressInfo, ApplyItem, Error, Netlink, RoutingIds};
 
 #[test]
 fn every_address_is_listed_with_its_interface_and_usability() {
@@ -161,6 +163,85 @@ fn adding_and_deleting_an_address_is_idempotent_and_listed_per_link() {
                 .unwrap()
                 .iter()
                 .any(|a| a.address == "192.0.2.1".parse::<IpAddr>().unwrap())
+        );
+    });
+}
+
+#[test]
+fn observe_reads_the_link_s_own_addresses_and_apply_changes_them_in_order() {
+    let ns = Netns::new();
+    ns.ip(&["tuntap", "add", "dev", "wsad1", "mode", "tun"]);
+    ns.ip(&["link", "set", "wsad1", "up"]);
+    // An address somebody put on our link by hand, and the kernel's
+    // link-local one (left alone: not wireseal's).
+    ns.ip(&["addr", "add", "198.51.100.7/32", "dev", "wsad1"]);
+    ns.ip(&["addr", "add", "fe80::7/64", "dev", "wsad1", "nodad"]);
+    // The CNI's gateway, elsewhere.
+    ns.veth("wsa2", "wsa3");
+    ns.ip(&["addr", "add", "10.244.0.1/24", "dev", "wsa2"]);
+    let ids = RoutingIds {
+        table: 51830,
+        priority: 5210,
+    };
+    let route = RouteSpec {
+        dst: "10.244.1.0/24".parse().unwrap(),
+        dev: "wsad1".into(),
+        mtu: 1400,
+        src: Some("10.244.0.1".parse().unwrap()),
+    };
+
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let observed = nl.observe_routing("wsad1", ids).await.unwrap();
+        let link = observed.state.link.unwrap();
+        assert_eq!(
+            link.addresses,
+            BTreeSet::from(["198.51.100.7/32".parse().unwrap()]),
+            "link-local left out"
+        );
+        // The agent's plan for this link: the source on, the stray off.
+        let link_plan = LinkPlan {
+            add_addresses: BTreeSet::from([host_address(route.src.unwrap())]),
+            remove_addresses: link.addresses.clone(),
+            ..LinkPlan::default()
+        };
+        let routing = RoutingPlan {
+            add_routes: [(route.dst, route.clone())].into(),
+            ..RoutingPlan::default()
+        };
+        nl.apply_routing(ids.table, "wsad1", &link_plan, &routing)
+            .await
+            .unwrap();
+        let observed = nl.observe_routing("wsad1", ids).await.unwrap();
+        assert_eq!(
+            observed.state.link.unwrap().addresses,
+            BTreeSet::from(["10.244.0.1/32".parse().unwrap()])
+        );
+        assert_eq!(observed.state.routes.get(&route.dst), Some(&route));
+        let shown = ns.ip(&["addr", "show", "dev", "wsad1"]);
+        assert!(shown.contains("fe80::7/64"), "{shown}");
+
+        // An address that cannot be added is reported by name, and the rest
+        // of the plan still goes in.
+        let bad = LinkPlan {
+            add_addresses: BTreeSet::from(["10.244.0.9/32".parse().unwrap()]),
+            ..LinkPlan::default()
+        };
+        let err = nl
+            .apply_routing(ids.table, "wsnone1", &bad, &RoutingPlan::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.failures[0].item,
+            ApplyItem::AddAddress {
+                iface: "wsnone1".into(),
+                address: "10.244.0.9/32".parse().unwrap()
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("add address 10.244.0.9/32 to wsnone1: no link named wsnone1"),
+            "{err}"
         );
     });
 }

@@ -480,10 +480,32 @@ fn tunnel_routes(lab: &Lab, i: usize) -> String {
         .unwrap_or_default()
 }
 
-/// The routes' preferred source follows the CNI's gateway address: when it
-/// goes, the routes lose it (a replace: they stay in the tunnel) and the
-/// status says what breaks; when it comes back (as cni0 does with the first
-/// pod), the agent, woken by the address event, sets it again.
+/// Whether node `i`'s policy rule is in place.
+fn has_rule(lab: &Lab, i: usize) -> bool {
+    lab.network.nodes[i]
+        .ns
+        .ip(&["rule", "show"])
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("90:\tnot from all fwmark"))
+}
+
+/// Waits for node `i`'s agent to run a pass after now: its rule is deleted
+/// and must come back, which only a pass does (reading the addresses anew).
+fn next_pass(lab: &Lab, i: usize) {
+    lab.network.nodes[i]
+        .ns
+        .ip(&["rule", "del", "priority", "90"])
+        .unwrap();
+    eventually(lab, "a pass puts the rule back", CONVERGE, |lab| {
+        has_rule(lab, i)
+    });
+}
+
+/// The host source follows the CNI's gateway address, and wireseal keeps a
+/// copy on its tunnel link: that copy stands in while the CNI's address is
+/// away (taking the link's last IPv4 address away would make the kernel drop
+/// the routes through it), and the source is lost only when neither is
+/// there. When the CNI's address comes back, the agent, woken by the
+/// address event, takes it again.
 #[test]
 fn the_host_source_follows_the_cni_gateway_address() {
     let mut lab = lab(2, 1);
@@ -495,22 +517,41 @@ fn the_host_source_follows_the_cni_gateway_address() {
     assert_eq!(status.host_source_warning, None);
     let text = lab.status_text(0).unwrap();
     assert!(text.contains(&format!("host src {gateway}")), "{text}");
+    let sourced = format!("10.244.1.0/24 dev wireseal0 proto static scope link src {gateway}");
     let routes = tunnel_routes(&lab, 0);
-    assert!(
-        routes.contains(&format!(
-            "10.244.1.0/24 dev wireseal0 proto static scope link src {gateway}"
-        )),
-        "{routes}"
-    );
+    assert!(routes.contains(&sourced), "{routes}");
+    let copy = format!("inet {gateway}/32 scope global wireseal0");
+    assert!(tunnel_addresses(&lab, 0).contains(&copy));
 
+    // The CNI's address goes (with the last address of p0 the kernel also
+    // drops the pod's route through it): the copy keeps the source, and the
+    // node still reaches pods on other nodes.
     let on_p0 = format!("{gateway}/32");
     lab.network.nodes[0]
         .ns
         .ip(&["addr", "del", &on_p0, "dev", "p0"])
         .unwrap();
+    next_pass(&lab, 0);
+    assert!(tunnel_routes(&lab, 0).contains(&sourced));
+    assert!(tunnel_addresses(&lab, 0).contains(&copy));
+    let status = lab.status(0).unwrap();
+    assert_eq!(status.host_sources, vec![IpAddr::from(gateway)]);
+    assert_eq!(status.host_source_warning, None);
+    let mut lost = Vec::new();
+    let sealed = capture_while(&lab, || lost = host_pings(&lab, &[(0, 1)]));
+    assert_eq!(lost, vec![], "{}", route_to_pod(&lab, 0, 1));
+    assert!(sealed.encrypted(), "{sealed}");
+
+    // The copy goes too (by hand): the link's last IPv4 address, so the
+    // kernel drops the routes through it; the agent writes them back
+    // without a source and says what breaks.
+    lab.network.nodes[0]
+        .ns
+        .ip(&["addr", "del", &on_p0, "dev", "wireseal0"])
+        .unwrap();
     eventually(
         &lab,
-        "routes without a source, and a warning",
+        "routes back without a source, and a warning",
         CONVERGE,
         |lab| {
             let routes = tunnel_routes(lab, 0);
@@ -531,9 +572,9 @@ fn the_host_source_follows_the_cni_gateway_address() {
         text.contains("warning: node node-0 has no IPv4 address") && text.contains("host src none"),
         "{text}"
     );
+    assert!(!tunnel_addresses(&lab, 0).contains(&copy));
 
-    // Back, as a CNI sets up a pod: with the last address of p0 the kernel
-    // also dropped the pod's route through it.
+    // Back, as a CNI sets up a pod.
     let pod = format!("{}/32", lab.network.nodes[0].pods[0].ip);
     for args in [
         &["addr", "add", &on_p0, "dev", "p0"][..],
@@ -541,10 +582,16 @@ fn the_host_source_follows_the_cni_gateway_address() {
     ] {
         lab.network.nodes[0].ns.ip(args).unwrap();
     }
-    eventually(&lab, "the source is back", CONVERGE, |lab| {
-        tunnel_routes(lab, 0).contains(&format!("src {gateway}"))
-            && lab.status(0).is_ok_and(|s| s.host_source_warning.is_none())
-    });
+    eventually(
+        &lab,
+        "the source is back, on the link too",
+        CONVERGE,
+        |lab| {
+            tunnel_routes(lab, 0).contains(&format!("src {gateway}"))
+                && tunnel_addresses(lab, 0).contains(&copy)
+                && lab.status(0).is_ok_and(|s| s.host_source_warning.is_none())
+        },
+    );
     let mut lost = Vec::new();
     let sealed = capture_while(&lab, || lost = host_pings(&lab, &[(0, 1), (1, 0)]));
     assert_eq!(lost, vec![], "{}", route_to_pod(&lab, 0, 1));
@@ -554,4 +601,13 @@ fn the_host_source_follows_the_cni_gateway_address() {
         sealed.plaintext
     );
     assert!(capture(&lab, &[(0, 1), (1, 0)]).encrypted());
+}
+
+/// The addresses on node `i`'s tunnel link, as `ip` shows them.
+fn tunnel_addresses(lab: &Lab, i: usize) -> String {
+    lab.network.nodes[i]
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "wireseal0"])
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
 }
