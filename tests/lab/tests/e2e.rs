@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use wireseal_lab::capture::{Capture, CaptureReport};
+use wireseal_lab::service;
 use wireseal_lab::topology::{APISERVER_IP, pod_gateway};
 use wireseal_lab::traffic::{self, Pinger};
 use wireseal_lab::{Lab, LabConfig, WIREGUARD_PORT};
@@ -395,6 +396,15 @@ fn toggling_beside_the_cni_under_ping_and_cleanup_restores_the_node() {
     let on = ping_on.wait().unwrap();
     lab.wait_encrypted(UP).unwrap();
     assert!(capture(&lab, &[(0, 1)]).encrypted());
+    // The snapshot sees what wireseal adds, the host source on its link too.
+    eventually(&lab, "the host source on wireseal0", CONVERGE, |lab| {
+        lab.routing_snapshot(0).is_ok_and(|snapshot| {
+            snapshot.contains(&format!(
+                "inet {}/32 scope global wireseal0",
+                pod_gateway(0)
+            ))
+        })
+    });
 
     // Off: agents stopped, `wireseal cleanup` on every node, under ping.
     let ping_off = background_ping(&lab, (0, 0), (1, 0), 300);
@@ -603,6 +613,15 @@ fn the_host_source_follows_the_cni_gateway_address() {
     assert!(capture(&lab, &[(0, 1), (1, 0)]).encrypted());
 }
 
+/// Node `i`'s host connection to the Service's ClusterIP, answered or why not.
+fn host_to_service(lab: &Lab, i: usize) -> anyhow::Result<()> {
+    traffic::tcp_echo(
+        &lab.network.nodes[i].ns,
+        service::cluster_address(),
+        Duration::from_secs(2),
+    )
+}
+
 /// The addresses on node `i`'s tunnel link, as `ip` shows them.
 fn tunnel_addresses(lab: &Lab, i: usize) -> String {
     lab.network.nodes[i]
@@ -610,4 +629,100 @@ fn tunnel_addresses(lab: &Lab, i: usize) -> String {
         .ip(&["-4", "addr", "show", "dev", "wireseal0"])
         .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
         .unwrap_or_default()
+}
+
+/// The node's own connection to a Service whose endpoint is a pod on another
+/// node, as a kube-apiserver calls an admission webhook or metrics-server
+/// through its ClusterIP. kube-proxy (played by nftables) DNATs it in output
+/// and masquerades it, since its source (the node's address, chosen for the
+/// ClusterIP) is outside the cluster CIDR; MASQUERADE takes the output
+/// device's address. wireseal puts the host source on its tunnel link, so
+/// that address is one the peer's WireGuard accepts.
+#[test]
+fn host_network_reaches_a_service_on_another_node_encrypted() {
+    let mut lab = lab(2, 1);
+    let endpoint =
+        std::net::SocketAddrV4::new(lab.network.nodes[1].pods[0].ip, service::TARGET_PORT);
+    let _server =
+        traffic::EchoServer::start(&lab.network.nodes[1].pods[0].ns, service::TARGET_PORT).unwrap();
+    for node in &lab.network.nodes {
+        service::install(&node.ns, endpoint).unwrap();
+    }
+    let mut answered = Ok(());
+    let plain = capture_while(&lab, || answered = host_to_service(&lab, 0));
+    if let Err(err) = &answered {
+        panic!("host → ClusterIP works over the CNI alone: {err:#}");
+    }
+    assert!(
+        plain.canary_frames > 0,
+        "without wireseal the canary must be visible: {plain}"
+    );
+
+    lab.start_wireseal().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    let gateway = pod_gateway(0);
+    eventually(&lab, "the host source on wireseal0", CONVERGE, |lab| {
+        tunnel_addresses(lab, 0).contains(&format!("inet {gateway}/32 scope global wireseal0"))
+    });
+    let text = lab.status_text(0).unwrap();
+    assert!(text.contains(&format!("host src {gateway}")), "{text}");
+    let sealed = capture_while(&lab, || answered = host_to_service(&lab, 0));
+    if let Err(err) = &answered {
+        panic!(
+            "host → ClusterIP → pod on another node failed with wireseal on: {err:#}\n{}\n{}\n{}",
+            tunnel_addresses(&lab, 0),
+            route_to_pod(&lab, 0, 1),
+            lab.logs(0)
+        );
+    }
+    assert!(
+        sealed.encrypted(),
+        "{sealed}; plaintext: {:?}",
+        sealed.plaintext
+    );
+    // A pod's connection to the ClusterIP keeps its own source (not
+    // masqueraded) and works too.
+    let pod = &lab.network.nodes[0].pods[0].ns;
+    traffic::tcp_echo(pod, service::cluster_address(), Duration::from_secs(2)).unwrap();
+
+    // The address is what makes it work. Node-0 as it was before it: the
+    // agent stopped (the datapath stays), the address taken off the link,
+    // and the route as it was (taking the link's last IPv4 address away
+    // made the kernel drop it). MASQUERADE then falls back to the node's
+    // address, which node-1's WireGuard drops: encrypted, never answered.
+    lab.stop_agent(0);
+    let ns = &lab.network.nodes[0].ns;
+    ns.ip(&["addr", "del", &format!("{gateway}/32"), "dev", "wireseal0"])
+        .unwrap();
+    let route = wireseal_lab::topology::pod_cidr(1);
+    ns.ip(&[
+        "route",
+        "replace",
+        &route,
+        "dev",
+        "wireseal0",
+        "table",
+        "51830",
+        "src",
+        &gateway.to_string(),
+        "mtu",
+        "1440",
+    ])
+    .unwrap();
+    let dropped = capture_while(&lab, || answered = host_to_service(&lab, 0));
+    assert!(
+        answered.is_err(),
+        "without the address on wireseal0 the peer must drop the masqueraded connection"
+    );
+    assert!(
+        dropped.plaintext_count == 0 && dropped.canary_frames == 0 && dropped.wireguard[3] > 0,
+        "it went into the tunnel: {dropped}; plaintext: {:?}",
+        dropped.plaintext
+    );
+    // The agent puts it back on start, and the Service answers again.
+    lab.start_agent(0).unwrap();
+    eventually(&lab, "the host source back on wireseal0", CONVERGE, |lab| {
+        tunnel_addresses(lab, 0).contains(&format!("inet {gateway}/32"))
+    });
+    host_to_service(&lab, 0).unwrap();
 }
