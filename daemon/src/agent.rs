@@ -3,7 +3,6 @@
 //! SIGTERM or SIGINT. On exit nothing is torn down: pod traffic keeps flowing
 //! through the datapath while the agent restarts.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use wireseal_keymgr::{KeyOrigin, KeyStore};
-use wireseal_netlink::{Change, Monitor, Netlink};
+use wireseal_netlink::{Change, Monitor, Netlink, is_link_local};
 
 use crate::config::Config;
 use crate::datapath::Datapath as _;
@@ -153,13 +152,6 @@ fn spawn_netlink_triggers(triggers: mpsc::Sender<()>, table: u32) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
-}
-
-fn is_link_local(address: IpAddr) -> bool {
-    match address {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => v6.is_unicast_link_local(),
-    }
 }
 
 async fn wait_for_signal() {

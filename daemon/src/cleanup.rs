@@ -1,6 +1,8 @@
 //! `wireseal cleanup`: removes what wireseal put on this node — its policy
 //! rules first (so traffic falls back to the CNI's routes at once), then its
-//! routes, then the datapath (the userspace process, or the kernel link).
+//! routes, then the datapath (the userspace process, whose TUN link goes with
+//! it, or the kernel link). The host source addresses on the link go with the
+//! link; the same addresses on the CNI's devices are the CNI's and stay.
 //! The private key stays: a reinstall keeps the node's identity.
 #![allow(
     clippy::print_stdout,

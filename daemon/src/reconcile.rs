@@ -21,7 +21,7 @@ use wireseal_core::{
 use wireseal_keymgr::PrivateKey;
 
 use crate::config::{Config, EndpointSetting, MtuSetting};
-use crate::datapath::{Datapath, DatapathError, PeerStats, Routing, RoutingPhase};
+use crate::datapath::{Datapath, DatapathError, NodeAddresses, PeerStats, Routing, RoutingPhase};
 use crate::k8s::ClusterView;
 use crate::metrics::Metrics;
 use crate::status::{AgentStatus, PeerStatus, SharedStatus};
@@ -199,9 +199,10 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         let nodes: Vec<_> = view.nodes.values().cloned().collect();
         let public = self.key.public_key();
         // Read on every pass: the CNI adds its gateway address with the first
-        // pod and may remove or change it at any time.
-        let local_addresses = self.routing.local_addresses().await?;
-        let mut mesh = self.mesh_config(FALLBACK_TUNNEL_MTU, local_addresses);
+        // pod and may remove or change it at any time. Our link's copy of it
+        // comes apart: it stands in only while the CNI has none.
+        let addresses = self.routing.local_addresses(&self.config.interface).await?;
+        let mut mesh = self.mesh_config(FALLBACK_TUNNEL_MTU, addresses);
         let mut want = desired(&self.config.node_name, &public, &nodes, &mesh);
         let host_source_warning = self.check_host_sources(&want);
         let (auto_mtu, underlay_devices) = self.underlay(&want).await;
@@ -244,6 +245,9 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 peers_removed = change.device.remove_peers.len(),
                 routes_added = change.routing.add_routes.len(),
                 routes_removed = change.routing.remove_routes.len(),
+                addresses_added = change.link.add_addresses.len(),
+                addresses_removed = change.link.remove_addresses.len(),
+                routes_restored = change.routing.restore_routes.len(),
                 rules_added = change.routing.add_rules.len(),
                 rules_removed = change.routing.remove_rules.len(),
                 awaiting_handshake = awaiting.len(),
@@ -291,7 +295,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         applied.map(|()| awaiting.len())
     }
 
-    fn mesh_config(&self, mtu: u32, local_addresses: BTreeSet<IpAddr>) -> MeshConfig {
+    fn mesh_config(&self, mtu: u32, addresses: NodeAddresses) -> MeshConfig {
         MeshConfig {
             interface: self.config.interface.clone(),
             listen_port: self.config.listen_port,
@@ -303,7 +307,8 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 MtuSetting::Auto => mtu,
             },
             persistent_keepalive: self.config.persistent_keepalive,
-            local_addresses,
+            local_addresses: addresses.elsewhere,
+            tunnel_addresses: addresses.tunnel,
         }
     }
 
@@ -430,8 +435,17 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 .apply(&change.routing, RoutingPhase::RemoveRules)
                 .await,
         );
+        let interface = &self.config.interface;
         if let Some(mtu) = change.link.set_mtu {
-            keep(self.routing.set_mtu(&self.config.interface, mtu).await);
+            keep(self.routing.set_mtu(interface, mtu).await);
+        }
+        // Before the routes that name them as their source.
+        if !change.link.add_addresses.is_empty() {
+            keep(
+                self.routing
+                    .add_addresses(interface, &change.link.add_addresses)
+                    .await,
+            );
         }
         let (upserts, removals) = split_removals(&change.device);
         keep(self.datapath.apply(&upserts, &self.key).await);
@@ -441,6 +455,24 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 .await,
         );
         keep(self.datapath.apply(&removals, &self.key).await);
+        // After the routes stopped naming them.
+        if !change.link.remove_addresses.is_empty() {
+            keep(
+                self.routing
+                    .remove_addresses(interface, &change.link.remove_addresses)
+                    .await,
+            );
+        }
+        // Straight after: the removal took the link's last IPv4 address and
+        // Linux dropped its IPv4 routes; until they are back, that traffic
+        // takes the CNI's plain routes.
+        if !change.routing.restore_routes.is_empty() {
+            keep(
+                self.routing
+                    .apply(&change.routing, RoutingPhase::Restore)
+                    .await,
+            );
+        }
         keep(
             self.routing
                 .apply(&change.routing, RoutingPhase::AddRules)

@@ -60,9 +60,9 @@ fn a_refused_source_never_leaves_a_destination_without_its_route() {
         let netlink = Netlink::connect().unwrap();
         netlink.set_up("lo").await.unwrap();
         let mut routing = NetlinkRouting::new(netlink, TABLE, 0x1000_0000);
-        let found = routing.local_addresses().await.unwrap();
+        let found = routing.local_addresses("wireseal0").await.unwrap();
         let loopback: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(found.contains(&loopback), "{found:?}");
+        assert!(found.elsewhere.contains(&loopback), "{found:?}");
 
         // A source that is not (any more) an address here: the kernel says
         // EINVAL; the route goes in without it and the pass does not fail.
@@ -95,6 +95,59 @@ fn a_refused_source_never_leaves_a_destination_without_its_route() {
             .unwrap_err();
         assert!(format!("{err}").contains("nosuchdev0"), "{err}");
         // 10.244.0.9 was never an address here: nothing is held back.
-        assert_eq!(routing.local_addresses().await.unwrap(), found);
+        assert_eq!(routing.local_addresses("wireseal0").await.unwrap(), found);
+    });
+}
+
+/// The tunnel link's own addresses are wireseal's copies of the CNI's:
+/// reported apart from the others, so the copy can stand in for the CNI's
+/// address while it is away, and never pass for one of the CNI's.
+#[test]
+fn the_tunnel_link_s_own_copy_is_reported_apart() {
+    in_private_netns(|| async {
+        let netlink = Netlink::connect().unwrap();
+        netlink.set_up("lo").await.unwrap();
+        let mut routing = NetlinkRouting::new(netlink, TABLE, 0x1000_0000);
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        };
+        run(&["tuntap", "add", "dev", "wireseal0", "mode", "tun"]);
+        run(&["link", "add", "cni0", "type", "bridge"]);
+        run(&["addr", "add", "10.244.0.1/24", "dev", "cni0"]);
+        let copy: ipnetwork::IpNetwork = "10.244.0.1/32".parse().unwrap();
+        routing
+            .add_addresses("wireseal0", &[copy].into())
+            .await
+            .unwrap();
+        let gateway: IpAddr = "10.244.0.1".parse().unwrap();
+        let found = routing.local_addresses("wireseal0").await.unwrap();
+        assert!(found.elsewhere.contains(&gateway), "{found:?}");
+        assert_eq!(found.tunnel, [gateway].into());
+
+        // The CNI's goes; the copy is still reported, as the tunnel's.
+        run(&["addr", "del", "10.244.0.1/24", "dev", "cni0"]);
+        let found = routing.local_addresses("wireseal0").await.unwrap();
+        assert!(!found.elsewhere.contains(&gateway), "{found:?}");
+        assert_eq!(found.tunnel, [gateway].into());
+        let observed = routing.observe("wireseal0", TABLE, 90).await.unwrap();
+        assert_eq!(observed.link.unwrap().addresses, [copy].into());
+        routing
+            .remove_addresses("wireseal0", &[copy].into())
+            .await
+            .unwrap();
+        let observed = routing.observe("wireseal0", TABLE, 90).await.unwrap();
+        assert!(observed.link.unwrap().addresses.is_empty());
+        assert!(
+            routing
+                .local_addresses("wireseal0")
+                .await
+                .unwrap()
+                .tunnel
+                .is_empty()
+        );
     });
 }

@@ -1,9 +1,12 @@
 //! Addresses on the node's interfaces. The agent picks the preferred source
 //! of its routes into the tunnel among them: an address inside the node's own
-//! pod CIDRs, which the CNI puts on its bridge, gateway or tunnel device.
+//! pod CIDRs, which the CNI puts on its bridge, gateway or tunnel device. It
+//! then puts a copy of that source on the tunnel link, and removes stale ones.
 
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
@@ -11,7 +14,7 @@ use netlink_packet_route::address::{
 use wireseal_core::Family;
 
 use crate::conn::Netlink;
-use crate::error::{Error, Op};
+use crate::error::{Errno, Error, Op};
 use crate::route::address_family;
 
 /// One address on one of the node's interfaces.
@@ -56,6 +59,127 @@ impl Netlink {
         }
         Ok(addresses)
     }
+
+    /// The addresses on the link with index `index`, as [`Self::addresses`]
+    /// lists them.
+    ///
+    /// # Errors
+    /// The kernel's error for the address dumps.
+    pub async fn addresses_of(&self, index: u32) -> Result<Vec<AddressInfo>, Error> {
+        let mut addresses = self.addresses().await?;
+        addresses.retain(|address| address.index == index);
+        Ok(addresses)
+    }
+
+    /// Adds `address` (with its prefix length) to link `iface`, scope global.
+    /// An IPv6 address is added without duplicate address detection (usable
+    /// at once; nothing else may hold it on a tunnel) and without a prefix
+    /// route. The address already there with that prefix length is success.
+    ///
+    /// # Errors
+    /// [`Error::LinkNotFound`], or the kernel's error.
+    pub async fn add_address(&self, iface: &str, address: IpNetwork) -> Result<(), Error> {
+        let index = self.index_of(iface).await?;
+        self.add_address_on(iface, index, address).await
+    }
+
+    /// [`Self::add_address`] with the link's index already known.
+    pub(crate) async fn add_address_on(
+        &self,
+        iface: &str,
+        index: u32,
+        address: IpNetwork,
+    ) -> Result<(), Error> {
+        let op = Op::AddAddress {
+            iface: iface.to_owned(),
+            address,
+        };
+        let mut message = address_message(index, address);
+        if address.is_ipv6() {
+            message.attributes.push(AddressAttribute::Flags(
+                AddressFlags::Nodad | AddressFlags::Noprefixroute,
+            ));
+        }
+        match self
+            .write(
+                &op,
+                RouteNetlinkMessage::NewAddress(message),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .await
+        {
+            Err(err) if err.errno() == Some(Errno(libc::EEXIST)) => Ok(()),
+            Err(err) if err.errno() == Some(Errno(libc::ENODEV)) => Err(Error::LinkNotFound {
+                iface: iface.to_owned(),
+            }),
+            other => other,
+        }
+    }
+
+    /// Deletes `address` (matching its prefix length too) from link `iface`.
+    /// An address that is not there is success, and so is a link that is
+    /// gone: its addresses went with it.
+    ///
+    /// # Errors
+    /// The kernel's error other than `EADDRNOTAVAIL` and `ENODEV`.
+    pub async fn delete_address(&self, iface: &str, address: IpNetwork) -> Result<(), Error> {
+        let Some(link) = self.link(iface).await? else {
+            return Ok(());
+        };
+        self.delete_address_on(iface, link.index, address).await
+    }
+
+    /// [`Self::delete_address`] with the link's index already known.
+    pub(crate) async fn delete_address_on(
+        &self,
+        iface: &str,
+        index: u32,
+        address: IpNetwork,
+    ) -> Result<(), Error> {
+        let op = Op::DeleteAddress {
+            iface: iface.to_owned(),
+            address,
+        };
+        let message = address_message(index, address);
+        match self
+            .write(&op, RouteNetlinkMessage::DelAddress(message), 0)
+            .await
+        {
+            Err(err) if matches!(err.errno(), Some(Errno(libc::EADDRNOTAVAIL | libc::ENODEV))) => {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// IPv4 169.254.0.0/16 and IPv6 fe80::/10: addresses the kernel or a link's
+/// autoconfiguration assigns, never a host source, and never wireseal's.
+#[must_use]
+pub fn is_link_local(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    }
+}
+
+/// `RTM_NEWADDR`/`RTM_DELADDR` for `address` on link `index`, as `ip addr`
+/// sends it: `IFA_LOCAL` and `IFA_ADDRESS` both the address (no peer), so a
+/// delete matches the prefix length too.
+fn address_message(index: u32, address: IpNetwork) -> AddressMessage {
+    let family = match address {
+        IpNetwork::V4(_) => Family::V4,
+        IpNetwork::V6(_) => Family::V6,
+    };
+    let mut message = AddressMessage::default();
+    message.header.family = address_family(family);
+    message.header.prefix_len = address.prefix();
+    message.header.index = index;
+    message.attributes = vec![
+        AddressAttribute::Local(address.ip()),
+        AddressAttribute::Address(address.ip()),
+    ];
+    message
 }
 
 pub(crate) fn parse_address(message: &AddressMessage) -> Option<AddressInfo> {
@@ -114,6 +238,19 @@ mod tests {
         let only = parse_address(&message(vec![AddressAttribute::Address(peer)])).unwrap();
         assert_eq!(only.address, peer);
         assert!(parse_address(&message(vec![])).is_none());
+    }
+
+    #[test]
+    fn address_messages_round_trip_through_the_parser() {
+        for text in ["10.244.0.1/32", "fd00:244::1/128", "10.244.0.1/24"] {
+            let address: IpNetwork = text.parse().unwrap();
+            let message = address_message(7, address);
+            let parsed = parse_address(&message).unwrap();
+            assert_eq!(
+                (parsed.index, parsed.address, parsed.prefix_len),
+                (7, address.ip(), address.prefix())
+            );
+        }
     }
 
     #[test]

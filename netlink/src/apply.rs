@@ -1,17 +1,19 @@
-//! Applying a [`RoutingPlan`] (and the link MTU change of a `LinkPlan`) in the
-//! order documented in `wireseal_core::plan`, and observing the same objects.
+//! Applying a [`RoutingPlan`] (and the MTU and address changes of a
+//! [`LinkPlan`]) in the order documented in `wireseal_core::plan`, and
+//! observing the same objects.
 //!
 //! Every item is attempted; failures are collected and returned together, so
 //! one bad route does not leave the rest of the plan unapplied. The next
 //! reconcile retries what failed, since it re-plans from what it observes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use ipnetwork::IpNetwork;
 use tracing::{debug, info};
-use wireseal_core::{LinkSpec, ObservedState, RouteSpec, RoutingPlan, RuleSpec};
+use wireseal_core::{LinkPlan, LinkSpec, ObservedState, RouteSpec, RoutingPlan, RuleSpec};
 
+use crate::address::is_link_local;
 use crate::conn::Netlink;
 use crate::error::{Errno, Error, Op};
 use crate::rule::ForeignRule;
@@ -38,10 +40,24 @@ pub enum ApplyItem {
         /// New MTU.
         mtu: u32,
     },
+    /// Add an address to the tunnel link.
+    AddAddress {
+        /// Interface name.
+        iface: String,
+        /// The address with its prefix length.
+        address: IpNetwork,
+    },
     /// Add or replace a route.
     ReplaceRoute(RouteSpec),
     /// Remove a stale route.
     RemoveRoute(IpNetwork),
+    /// Remove a stale address from the tunnel link.
+    RemoveAddress {
+        /// Interface name.
+        iface: String,
+        /// The address with its prefix length.
+        address: IpNetwork,
+    },
     /// Add a rule.
     AddRule(RuleSpec),
 }
@@ -55,6 +71,10 @@ impl fmt::Display for ApplyItem {
                 rule.family, rule.priority, rule.table
             ),
             Self::SetMtu { iface, mtu } => write!(f, "set mtu {mtu} on {iface}"),
+            Self::AddAddress { iface, address } => write!(f, "add address {address} to {iface}"),
+            Self::RemoveAddress { iface, address } => {
+                write!(f, "remove address {address} from {iface}")
+            }
             Self::ReplaceRoute(route) => {
                 write!(
                     f,
@@ -139,8 +159,13 @@ pub struct ObservedRouting {
 }
 
 impl Netlink {
-    /// Reads the tunnel link, the routes in wireseal's table and wireseal's
-    /// rules in one call.
+    /// Reads the tunnel link with its addresses, the routes in wireseal's
+    /// table and wireseal's rules in one call.
+    ///
+    /// The link's addresses are all of them but the link-local ones: those
+    /// are the kernel's (IPv6 autoconfiguration), never a host source, and
+    /// wireseal leaves them alone. Every other address on its own link is
+    /// wireseal's to keep or remove.
     ///
     /// # Errors
     /// The first read that fails.
@@ -149,10 +174,23 @@ impl Netlink {
         iface: &str,
         ids: RoutingIds,
     ) -> Result<ObservedRouting, Error> {
-        let link = self.link(iface).await?.map(|link| LinkSpec {
-            name: link.name,
-            mtu: link.mtu,
-        });
+        let link = match self.link(iface).await? {
+            Some(link) => {
+                let addresses = self
+                    .addresses_of(link.index)
+                    .await?
+                    .into_iter()
+                    .filter(|address| !is_link_local(address.address))
+                    .filter_map(|address| IpNetwork::new(address.address, address.prefix_len).ok())
+                    .collect();
+                Some(LinkSpec {
+                    name: link.name,
+                    mtu: link.mtu,
+                    addresses,
+                })
+            }
+            None => None,
+        };
         let routes = self.routes(ids.table).await?;
         let rules = self.rules(ids.priority, ids.table).await?;
         debug!(
@@ -175,12 +213,17 @@ impl Netlink {
         })
     }
 
-    /// Applies a routing plan and the tunnel link's MTU change in the
-    /// documented order: remove stale rules, set the MTU, add or replace
-    /// routes, remove stale routes, add rules. For the kernel datapath, whose
-    /// device changes go between these steps, call [`Self::remove_stale_rules`],
-    /// [`Self::set_link_mtu`], [`Self::apply_routes`] and [`Self::add_rules`]
-    /// around the device calls instead. An empty plan writes nothing.
+    /// Applies a routing plan and the tunnel link's MTU and address changes
+    /// in the documented order: remove stale rules, set the MTU, add the
+    /// link's new addresses, add or replace routes, remove stale routes,
+    /// remove the link's stale addresses, write the routes that removal
+    /// flushed, add rules. Creating the link is the datapath's: `link.create`
+    /// is ignored. For the datapaths, whose device changes go between these
+    /// steps, call [`Self::remove_stale_rules`], [`Self::set_link_mtu`],
+    /// [`Self::add_link_addresses`], [`Self::apply_routes`],
+    /// [`Self::remove_link_addresses`], [`Self::restore_routes`] and
+    /// [`Self::add_rules`] around the device calls instead. An empty plan
+    /// writes nothing.
     ///
     /// # Errors
     /// [`ApplyError`] listing every item that failed; the rest were applied.
@@ -188,14 +231,24 @@ impl Netlink {
         &self,
         table: u32,
         iface: &str,
-        set_mtu: Option<u32>,
+        link: &LinkPlan,
         plan: &RoutingPlan,
     ) -> Result<(), ApplyError> {
         let mut failures = ApplyError::default();
         let before = self.writes();
         collect(&mut failures, self.remove_stale_rules(plan).await);
-        collect(&mut failures, self.set_link_mtu(iface, set_mtu).await);
+        collect(&mut failures, self.set_link_mtu(iface, link.set_mtu).await);
+        collect(
+            &mut failures,
+            self.add_link_addresses(iface, &link.add_addresses).await,
+        );
         collect(&mut failures, self.apply_routes(table, plan).await);
+        collect(
+            &mut failures,
+            self.remove_link_addresses(iface, &link.remove_addresses)
+                .await,
+        );
+        collect(&mut failures, self.restore_routes(table, plan).await);
         collect(&mut failures, self.add_rules(plan).await);
         if self.writes() != before {
             info!(
@@ -203,9 +256,12 @@ impl Netlink {
                 iface,
                 routes_added = plan.add_routes.len(),
                 routes_removed = plan.remove_routes.len(),
+                routes_restored = plan.restore_routes.len(),
                 rules_added = plan.add_rules.len(),
                 rules_removed = plan.remove_rules.len(),
-                mtu = ?set_mtu,
+                addresses_added = link.add_addresses.len(),
+                addresses_removed = link.remove_addresses.len(),
+                mtu = ?link.set_mtu,
                 failed = failures.failures.len(),
                 writes = self.writes() - before,
                 "applied routing plan"
@@ -248,43 +304,129 @@ impl Netlink {
         failures.into_result()
     }
 
+    /// Step 2 (second part): adds `addresses` to the tunnel link, before any
+    /// route names one as its preferred source. Nothing to add writes nothing.
+    ///
+    /// # Errors
+    /// [`ApplyError`] with each address that could not be added.
+    pub async fn add_link_addresses(
+        &self,
+        iface: &str,
+        addresses: &BTreeSet<IpNetwork>,
+    ) -> Result<(), ApplyError> {
+        self.change_link_addresses(iface, addresses, AddressChange::Add)
+            .await
+    }
+
+    /// Step 6 (last part): removes `addresses` from the tunnel link, once the
+    /// routes no longer name them. A link that is gone took them along.
+    ///
+    /// # Errors
+    /// [`ApplyError`] with each address that could not be removed.
+    pub async fn remove_link_addresses(
+        &self,
+        iface: &str,
+        addresses: &BTreeSet<IpNetwork>,
+    ) -> Result<(), ApplyError> {
+        self.change_link_addresses(iface, addresses, AddressChange::Remove)
+            .await
+    }
+
+    async fn change_link_addresses(
+        &self,
+        iface: &str,
+        addresses: &BTreeSet<IpNetwork>,
+        change: AddressChange,
+    ) -> Result<(), ApplyError> {
+        let mut failures = ApplyError::default();
+        if addresses.is_empty() {
+            return Ok(());
+        }
+        let index = self.resolve(iface).await;
+        for address in addresses {
+            let result = match (index, change) {
+                (Ok(Some(index)), AddressChange::Add) => {
+                    self.add_address_on(iface, index, *address).await
+                }
+                (Ok(Some(index)), AddressChange::Remove) => {
+                    self.delete_address_on(iface, index, *address).await
+                }
+                (Ok(None), AddressChange::Add) => Err(unresolved(iface, None)),
+                (Ok(None), AddressChange::Remove) => Ok(()),
+                (Err(errno), _) => Err(unresolved(iface, errno)),
+            };
+            if let Err(error) = result {
+                let (iface, address) = (iface.to_owned(), *address);
+                let item = match change {
+                    AddressChange::Add => ApplyItem::AddAddress { iface, address },
+                    AddressChange::Remove => ApplyItem::RemoveAddress { iface, address },
+                };
+                failures.push(item, error);
+            }
+        }
+        failures.into_result()
+    }
+
+    /// The index of link `iface`, once per apply step: `Ok(None)` when it
+    /// does not exist; a failed lookup kept as its errno, so that every item
+    /// of the step can report it.
+    async fn resolve(&self, iface: &str) -> Result<Option<u32>, Option<Errno>> {
+        self.link(iface)
+            .await
+            .map(|link| link.map(|link| link.index))
+            .map_err(|err| err.errno())
+    }
+
     /// Steps 5 and 6 (routing part): adds or replaces the plan's routes in
     /// `table`, then removes its stale routes.
     ///
     /// # Errors
     /// [`ApplyError`] with each route that could not be changed.
     pub async fn apply_routes(&self, table: u32, plan: &RoutingPlan) -> Result<(), ApplyError> {
-        let mut failures = ApplyError::default();
-        // Each device is resolved once per apply, not once per route.
-        // The lookup error is kept as its errno (`None`: no such link).
-        let mut indexes: BTreeMap<&str, Result<u32, Option<Errno>>> = BTreeMap::new();
-        for route in plan.add_routes.values() {
-            if !indexes.contains_key(route.dev.as_str()) {
-                let index = self.index_of(&route.dev).await.map_err(|err| err.errno());
-                indexes.insert(route.dev.as_str(), index);
-            }
-            let result = match indexes.get(route.dev.as_str()) {
-                Some(Ok(index)) => self.replace_route_via(route, *index, table).await,
-                Some(Err(Some(errno))) => Err(Error::Kernel {
-                    op: Op::GetLink {
-                        iface: route.dev.clone(),
-                    },
-                    errno: *errno,
-                }),
-                _ => Err(Error::LinkNotFound {
-                    iface: route.dev.clone(),
-                }),
-            };
-            if let Err(error) = result {
-                failures.push(ApplyItem::ReplaceRoute(route.clone()), error);
-            }
-        }
+        let mut failures = self.replace_routes(table, &plan.add_routes).await;
         for dst in &plan.remove_routes {
             if let Err(error) = self.delete_route(*dst, table).await {
                 failures.push(ApplyItem::RemoveRoute(*dst), error);
             }
         }
         failures.into_result()
+    }
+
+    /// Step 6 (end): writes the plan's `restore_routes` in `table`, the
+    /// routes Linux flushed when the tunnel link lost its last IPv4 address.
+    ///
+    /// # Errors
+    /// [`ApplyError`] with each route that could not be written.
+    pub async fn restore_routes(&self, table: u32, plan: &RoutingPlan) -> Result<(), ApplyError> {
+        self.replace_routes(table, &plan.restore_routes)
+            .await
+            .into_result()
+    }
+
+    /// Adds or replaces `routes` in `table`, each device resolved once.
+    async fn replace_routes(
+        &self,
+        table: u32,
+        routes: &BTreeMap<IpNetwork, RouteSpec>,
+    ) -> ApplyError {
+        let mut failures = ApplyError::default();
+        // The lookup error is kept as its errno (`None`: no such link).
+        let mut indexes: BTreeMap<&str, Result<u32, Option<Errno>>> = BTreeMap::new();
+        for route in routes.values() {
+            if !indexes.contains_key(route.dev.as_str()) {
+                let index = self.index_of(&route.dev).await.map_err(|err| err.errno());
+                indexes.insert(route.dev.as_str(), index);
+            }
+            let result = match indexes.get(route.dev.as_str()) {
+                Some(Ok(index)) => self.replace_route_via(route, *index, table).await,
+                Some(Err(errno)) => Err(unresolved(&route.dev, *errno)),
+                None => Err(unresolved(&route.dev, None)),
+            };
+            if let Err(error) = result {
+                failures.push(ApplyItem::ReplaceRoute(route.clone()), error);
+            }
+        }
+        failures
     }
 
     /// Step 7: adds the plan's rules.
@@ -299,6 +441,29 @@ impl Netlink {
             }
         }
         failures.into_result()
+    }
+}
+
+/// Which way a link's addresses change.
+#[derive(Debug, Clone, Copy)]
+enum AddressChange {
+    Add,
+    Remove,
+}
+
+/// The error of an item whose link could not be resolved: the lookup's
+/// errno, or (`None`) no such link.
+fn unresolved(iface: &str, errno: Option<Errno>) -> Error {
+    match errno {
+        Some(errno) => Error::Kernel {
+            op: Op::GetLink {
+                iface: iface.to_owned(),
+            },
+            errno,
+        },
+        None => Error::LinkNotFound {
+            iface: iface.to_owned(),
+        },
     }
 }
 

@@ -73,6 +73,20 @@ pub enum Op {
         /// Address family.
         family: Family,
     },
+    /// Adding an address to a link.
+    AddAddress {
+        /// Interface name.
+        iface: String,
+        /// The address and its prefix length.
+        address: IpNetwork,
+    },
+    /// Deleting an address from a link.
+    DeleteAddress {
+        /// Interface name.
+        iface: String,
+        /// The address and its prefix length.
+        address: IpNetwork,
+    },
     /// Listing the routes of a family.
     DumpRoutes {
         /// Address family.
@@ -153,6 +167,10 @@ impl fmt::Display for Op {
             Self::CreateLink { iface, kind } => write!(f, "create {kind} link {iface}"),
             Self::DeleteLink { iface } => write!(f, "delete link {iface}"),
             Self::DumpAddresses { family } => write!(f, "list {family} addresses"),
+            Self::AddAddress { iface, address } => write!(f, "add address {address} to {iface}"),
+            Self::DeleteAddress { iface, address } => {
+                write!(f, "delete address {address} from {iface}")
+            }
             Self::DumpRoutes { family } => write!(f, "list {family} routes"),
             Self::ReplaceRoute {
                 dst,

@@ -1,16 +1,17 @@
 //! wireseal's netlink crate: the only code in wireseal that talks netlink.
 //!
-//! It programs what both datapaths share — the tunnel link's MTU and state,
-//! the routes in wireseal's own routing table and one policy rule per address
-//! family —, lists the node's addresses (the routes' preferred source comes
-//! from them), applies a [`wireseal_core::RoutingPlan`] in the order documented in
+//! It programs what both datapaths share — the tunnel link's MTU, state and
+//! addresses, the routes in wireseal's own routing table and one policy rule
+//! per address family —, lists the node's addresses (the routes' preferred
+//! source comes from them, and goes on the tunnel link too), applies a [`wireseal_core::RoutingPlan`] in the order documented in
 //! [`wireseal_core::plan`](mod@wireseal_core::plan), reads the same objects back into the routing part of
 //! an [`wireseal_core::ObservedState`], reports kernel changes to them, finds
 //! the underlay MTU towards a peer, and drives kernel WireGuard devices over
 //! generic netlink.
 //!
-//! Every write is idempotent: `EEXIST` on an add and `ENOENT`/`ESRCH` on a
-//! delete count as success, so a retried or concurrent apply converges.
+//! Every write is idempotent: `EEXIST` on an add and `ENOENT`/`ESRCH` (for an
+//! address `EADDRNOTAVAIL`) on a delete count as success, so a retried or
+//! concurrent apply converges.
 //! Every request on one [`Netlink`] handle is serialised, because the kernel
 //! tracks only one dump per socket and rejects a second with `EBUSY`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -26,7 +27,7 @@ mod route;
 mod rule;
 pub mod wireguard;
 
-pub use address::AddressInfo;
+pub use address::{AddressInfo, is_link_local};
 pub use apply::{ApplyError, ApplyFailure, ApplyItem, ObservedRouting, RoutingIds};
 pub use conn::Netlink;
 pub use error::{Errno, Error, Op};

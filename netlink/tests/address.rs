@@ -1,12 +1,16 @@
-//! Listing the node's addresses, against a real kernel in a private namespace.
+//! Listing the node's addresses, and adding and deleting the tunnel link's,
+//! against a real kernel in a private namespace.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use common::Netns;
-use wireseal_netlink::{AddressInfo, Netlink};
+use ipnetwork::IpNetwork;
+use wireseal_core::{LinkPlan, RouteSpec, RoutingPlan, host_address};
+use wireseal_netlink::{AddressInfo, ApplyItem, Error, Netlink, RoutingIds};
 
 #[test]
 fn every_address_is_listed_with_its_interface_and_usability() {
@@ -68,4 +72,176 @@ fn every_address_is_listed_with_its_interface_and_usability() {
     let first_v6 = addresses.iter().position(|a| a.address.is_ipv6()).unwrap();
     assert!(addresses[..first_v6].iter().all(|a| a.address.is_ipv4()));
     assert!(addresses[first_v6..].iter().all(|a| a.address.is_ipv6()));
+}
+
+#[test]
+fn adding_and_deleting_an_address_is_idempotent_and_listed_per_link() {
+    let ns = Netns::new();
+    // The userspace datapath's link is a TUN device; a persistent one stands in.
+    ns.ip(&["tuntap", "add", "dev", "wsad0", "mode", "tun"]);
+    ns.ip(&["link", "set", "wsad0", "up"]);
+    ns.veth("wsa0", "wsa1");
+    let v4: IpNetwork = "10.244.0.1/32".parse().unwrap();
+    let wide: IpNetwork = "10.244.0.1/24".parse().unwrap();
+    let v6: IpNetwork = "fd00:244::1/128".parse().unwrap();
+
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let index = nl.link("wsad0").await.unwrap().unwrap().index;
+        for address in [v4, v4, v6, v6] {
+            nl.add_address("wsad0", address).await.unwrap();
+        }
+        assert_eq!(
+            nl.writes(),
+            4,
+            "each add reaches the kernel; EEXIST is success"
+        );
+        let listed = nl.addresses_of(index).await.unwrap();
+        let ours: Vec<(IpAddr, u8, bool)> = listed
+            .iter()
+            .filter(|a| !wireseal_netlink::is_link_local(a.address))
+            .map(|a| (a.address, a.prefix_len, a.usable))
+            .collect();
+        assert_eq!(
+            ours,
+            vec![(v4.ip(), 32, true), (v6.ip(), 128, true)],
+            "listed once each, IPv6 usable at once (no DAD): {listed:#?}"
+        );
+        assert!(listed.iter().all(|a| a.index == index));
+        let shown = ns.ip(&["addr", "show", "dev", "wsad0"]);
+        assert!(
+            shown.contains("inet 10.244.0.1/32 scope global wsad0"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("inet6 fd00:244::1/128 scope global nodad noprefixroute"),
+            "{shown}"
+        );
+        let v6_routes = ns.ip(&["-6", "route", "show", "table", "all", "dev", "wsad0"]);
+        assert!(
+            v6_routes.lines().all(|l| !l.starts_with("fd00:244::1 ")),
+            "no prefix route: {v6_routes}"
+        );
+
+        // The same address with another prefix length is another address:
+        // adding and deleting each leaves the other alone.
+        nl.add_address("wsad0", wide).await.unwrap();
+        nl.delete_address("wsad0", v4).await.unwrap();
+        nl.delete_address("wsad0", v4).await.unwrap();
+        let left: Vec<(IpAddr, u8)> = nl
+            .addresses_of(index)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|a| a.address.is_ipv4())
+            .map(|a| (a.address, a.prefix_len))
+            .collect();
+        assert_eq!(left, vec![(wide.ip(), 24)]);
+        for address in [wide, v6, v6] {
+            nl.delete_address("wsad0", address).await.unwrap();
+        }
+        let left = nl.addresses_of(index).await.unwrap();
+        assert!(
+            left.iter()
+                .all(|a| wireseal_netlink::is_link_local(a.address)),
+            "{left:#?}"
+        );
+
+        // Deleting from a link that is gone is success (the addresses went
+        // with it); adding to it names the link.
+        nl.delete_address("wsnone0", v4).await.unwrap();
+        let err = nl.add_address("wsnone0", v4).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::LinkNotFound { iface } if iface == "wsnone0"),
+            "{err}"
+        );
+        // Another link's addresses are not listed as this one's.
+        let wsa0 = nl.link("wsa0").await.unwrap().unwrap().index;
+        assert!(
+            nl.addresses_of(wsa0)
+                .await
+                .unwrap()
+                .iter()
+                .any(|a| a.address == "192.0.2.1".parse::<IpAddr>().unwrap())
+        );
+    });
+}
+
+#[test]
+fn observe_reads_the_link_s_own_addresses_and_apply_changes_them_in_order() {
+    let ns = Netns::new();
+    ns.ip(&["tuntap", "add", "dev", "wsad1", "mode", "tun"]);
+    ns.ip(&["link", "set", "wsad1", "up"]);
+    // An address somebody put on our link by hand, and the kernel's
+    // link-local one (left alone: not wireseal's).
+    ns.ip(&["addr", "add", "198.51.100.7/32", "dev", "wsad1"]);
+    ns.ip(&["addr", "add", "fe80::7/64", "dev", "wsad1", "nodad"]);
+    // The CNI's gateway, elsewhere.
+    ns.veth("wsa2", "wsa3");
+    ns.ip(&["addr", "add", "10.244.0.1/24", "dev", "wsa2"]);
+    let ids = RoutingIds {
+        table: 51830,
+        priority: 5210,
+    };
+    let route = RouteSpec {
+        dst: "10.244.1.0/24".parse().unwrap(),
+        dev: "wsad1".into(),
+        mtu: 1400,
+        src: Some("10.244.0.1".parse().unwrap()),
+    };
+
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let observed = nl.observe_routing("wsad1", ids).await.unwrap();
+        let link = observed.state.link.unwrap();
+        assert_eq!(
+            link.addresses,
+            BTreeSet::from(["198.51.100.7/32".parse().unwrap()]),
+            "link-local left out"
+        );
+        // The agent's plan for this link: the source on, the stray off.
+        let link_plan = LinkPlan {
+            add_addresses: BTreeSet::from([host_address(route.src.unwrap())]),
+            remove_addresses: link.addresses.clone(),
+            ..LinkPlan::default()
+        };
+        let routing = RoutingPlan {
+            add_routes: [(route.dst, route.clone())].into(),
+            ..RoutingPlan::default()
+        };
+        nl.apply_routing(ids.table, "wsad1", &link_plan, &routing)
+            .await
+            .unwrap();
+        let observed = nl.observe_routing("wsad1", ids).await.unwrap();
+        assert_eq!(
+            observed.state.link.unwrap().addresses,
+            BTreeSet::from(["10.244.0.1/32".parse().unwrap()])
+        );
+        assert_eq!(observed.state.routes.get(&route.dst), Some(&route));
+        let shown = ns.ip(&["addr", "show", "dev", "wsad1"]);
+        assert!(shown.contains("fe80::7/64"), "{shown}");
+
+        // An address that cannot be added is reported by name, and the rest
+        // of the plan still goes in.
+        let bad = LinkPlan {
+            add_addresses: BTreeSet::from(["10.244.0.9/32".parse().unwrap()]),
+            ..LinkPlan::default()
+        };
+        let err = nl
+            .apply_routing(ids.table, "wsnone1", &bad, &RoutingPlan::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.failures[0].item,
+            ApplyItem::AddAddress {
+                iface: "wsnone1".into(),
+                address: "10.244.0.9/32".parse().unwrap()
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("add address 10.244.0.9/32 to wsnone1: no link named wsnone1"),
+            "{err}"
+        );
+    });
 }

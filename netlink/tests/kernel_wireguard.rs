@@ -71,6 +71,7 @@ fn desired_state(own: PublicKey, peers: BTreeMap<PublicKey, PeerConfig>) -> Desi
         link: LinkSpec {
             name: "wk0".to_owned(),
             mtu: 1420,
+            addresses: BTreeSet::new(),
         },
         device: DeviceSpec {
             public_key: own,
@@ -89,6 +90,7 @@ fn observed_state(device: &WgDevice) -> ObservedState {
         link: Some(LinkSpec {
             name: "wk0".to_owned(),
             mtu: 1420,
+            addresses: BTreeSet::new(),
         }),
         device: Some(device.to_observed()),
         routes: BTreeMap::new(),

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::{Netns, line_starting};
 use ipnetwork::IpNetwork;
 use wireseal_core::{
-    DesiredState, DeviceSpec, Family, LinkSpec, PublicKey, RouteSpec, RoutingPlan, RuleSpec, plan,
+    DesiredState, DeviceSpec, Family, LinkPlan, LinkSpec, PublicKey, RouteSpec, RoutingPlan,
+    RuleSpec, host_address, plan,
 };
 use wireseal_netlink::{ApplyItem, Errno, Error, Netlink, RoutingIds};
 
@@ -48,6 +49,7 @@ fn rule(family: Family) -> RuleSpec {
     }
 }
 
+/// What the agent wants: the link carries the routes' sources, as it does.
 fn desired(link_mtu: u32, routes: &[RouteSpec]) -> DesiredState {
     let mut basepoint = [0u8; 32];
     basepoint[0] = 9;
@@ -55,6 +57,11 @@ fn desired(link_mtu: u32, routes: &[RouteSpec]) -> DesiredState {
         link: LinkSpec {
             name: DEV.into(),
             mtu: link_mtu,
+            addresses: routes
+                .iter()
+                .filter_map(|r| r.src)
+                .map(host_address)
+                .collect(),
         },
         device: DeviceSpec {
             public_key: PublicKey::from_bytes(basepoint).unwrap(),
@@ -67,13 +74,20 @@ fn desired(link_mtu: u32, routes: &[RouteSpec]) -> DesiredState {
     }
 }
 
+fn mtu(mtu: u32) -> LinkPlan {
+    LinkPlan {
+        set_mtu: Some(mtu),
+        ..LinkPlan::default()
+    }
+}
+
 /// One reconcile pass as the agent runs it: observe, plan, apply routing.
 /// Returns the number of netlink writes it made.
 async fn reconcile(nl: &Netlink, want: &DesiredState) -> u64 {
     let before = nl.writes();
     let observed = nl.observe_routing(DEV, IDS).await.unwrap();
     let plan = plan(want, &observed.state);
-    nl.apply_routing(TABLE, DEV, plan.link.set_mtu, &plan.routing)
+    nl.apply_routing(TABLE, DEV, &plan.link, &plan.routing)
         .await
         .unwrap();
     nl.writes() - before
@@ -82,7 +96,7 @@ async fn reconcile(nl: &Netlink, want: &DesiredState) -> u64 {
 #[test]
 fn apply_observe_converge_and_idempotence() {
     let ns = Netns::new();
-    ns.veth(DEV, "wsv1");
+    ns.bare_veth(DEV, "wsv1");
     let v4a = route("10.244.1.0/24", 1340);
     let v4b = route("10.244.2.0/24", 1340);
     let v6 = route("fd00:244:1::/64", 1340);
@@ -129,7 +143,7 @@ fn apply_observe_converge_and_idempotence() {
         // Second pass of the same desired state: nothing to write.
         assert_eq!(reconcile(&nl, &want).await, 0);
         let before = nl.writes();
-        nl.apply_routing(TABLE, DEV, None, &RoutingPlan::default())
+        nl.apply_routing(TABLE, DEV, &LinkPlan::default(), &RoutingPlan::default())
             .await
             .unwrap();
         assert_eq!(nl.writes(), before, "an empty plan must not write");
@@ -177,7 +191,9 @@ fn apply_observe_converge_and_idempotence() {
             remove_routes: fewer.routes.keys().copied().collect(),
             ..RoutingPlan::default()
         };
-        nl.apply_routing(TABLE, DEV, None, &off).await.unwrap();
+        nl.apply_routing(TABLE, DEV, &LinkPlan::default(), &off)
+            .await
+            .unwrap();
         assert_eq!(ns.ip(&["route", "show", "table", "51830"]), "");
         assert!(line_starting(&ns.ip(&["rule", "show"]), "5210:").is_none());
     });
@@ -235,7 +251,7 @@ fn apply_collects_every_failure_and_applies_the_rest() {
         };
         // MTU 60 is below the minimum for an Ethernet device (68): EINVAL.
         let err = nl
-            .apply_routing(TABLE, DEV, Some(60), &plan)
+            .apply_routing(TABLE, DEV, &mtu(60), &plan)
             .await
             .unwrap_err();
         assert_eq!(err.failures.len(), 2, "{err}");
@@ -369,7 +385,7 @@ fn routes_through_a_tun_device_as_the_userspace_datapath_uses() {
             add_rules: [rule(Family::V4), rule(Family::V6)].into(),
             ..RoutingPlan::default()
         };
-        nl.apply_routing(TABLE, "wireseal0", None, &plan)
+        nl.apply_routing(TABLE, "wireseal0", &LinkPlan::default(), &plan)
             .await
             .unwrap();
         let observed = nl.observe_routing("wireseal0", IDS).await.unwrap();
@@ -386,7 +402,7 @@ fn routes_through_a_tun_device_as_the_userspace_datapath_uses() {
 #[test]
 fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
     let ns = Netns::new();
-    ns.veth(DEV, "wsv1");
+    ns.bare_veth(DEV, "wsv1");
     // The CNI's gateway addresses, on another device than the routes' (as
     // flannel's cni0 is, while the routes go through the tunnel).
     ns.veth("wsgw0", "wsgw1");
@@ -395,13 +411,18 @@ fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
     ns.ip(&["addr", "add", "fd00:244::1/64", "dev", "wsgw0", "nodad"]);
     let v4 = sourced("10.244.1.0/24", "10.244.0.1");
     let v6 = sourced("fd00:244:1::/64", "fd00:244::1");
-    let want = desired(1420, &[v4.clone(), v6.clone()]);
+    let want = desired(1420, &[v4, v6.clone()]);
 
     ns.run(|| async {
         let nl = Netlink::connect().unwrap();
         reconcile(&nl, &want).await;
         let observed = nl.observe_routing(DEV, IDS).await.unwrap();
         assert_eq!(observed.state.routes, want.routes, "src is read back");
+        assert_eq!(
+            observed.state.link,
+            Some(want.link.clone()),
+            "and the sources are on the link"
+        );
         assert_eq!(reconcile(&nl, &want).await, 0, "and the plan converges");
         let shown = ns.ip(&["route", "show", "table", "51830"]);
         assert!(
@@ -413,48 +434,110 @@ fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
         // What the kernel then does for the node's own packets.
         let got = ns.ip(&["route", "get", "10.244.1.10"]);
         assert!(got.contains("src 10.244.0.1"), "{got}");
+        // On the link as host addresses, IPv6 without DAD and without a
+        // prefix route: nothing in the main table points at the tunnel.
+        let on_link = ns.ip(&["addr", "show", "dev", DEV]);
+        assert!(
+            on_link.contains("inet 10.244.0.1/32 scope global"),
+            "{on_link}"
+        );
+        assert!(
+            on_link.contains("inet6 fd00:244::1/128 scope global nodad noprefixroute"),
+            "{on_link}"
+        );
+        for family in ["-4", "-6"] {
+            let main = ns.ip(&[family, "route", "show", "table", "main", "dev", DEV]);
+            assert!(
+                !main.contains("10.244.0.1") && !main.contains("fd00:244::1"),
+                "{main}"
+            );
+        }
 
-        // Another source: one replace per route, never a second route.
+        // Another source: it is added, the route replaced in place (never
+        // a second route), then the old one removed.
         let moved = desired(1420, &[sourced("10.244.1.0/24", "10.244.0.2"), v6.clone()]);
-        assert_eq!(reconcile(&nl, &moved).await, 1);
+        assert_eq!(reconcile(&nl, &moved).await, 3);
         let shown = ns.ip(&["route", "show", "table", "51830"]);
         assert_eq!(shown.lines().count(), 1, "{shown}");
         assert!(shown.contains("src 10.244.0.2"), "{shown}");
+        let on_link = ns.ip(&["-4", "addr", "show", "dev", DEV]);
+        assert!(
+            on_link.contains("10.244.0.2/32") && !on_link.contains("10.244.0.1/32"),
+            "{on_link}"
+        );
 
-        // The address goes. IPv4 flushes the routes whose preferred source
-        // vanished from the main table only (fib_sync_down_addr): ours stays,
-        // with a source that is no longer the node's (IPv6 clears it instead),
-        // until the agent's next pass, woken by the address event, sets the
-        // one it finds then.
+        // The CNI's address goes: the copy on the link keeps it the node's,
+        // so the route and its source stay valid until the agent's next
+        // pass, woken by the address event, sets the one it finds then.
         ns.ip(&["addr", "del", "10.244.0.2/32", "dev", "wsgw0"]);
         let observed = nl.observe_routing(DEV, IDS).await.unwrap();
-        let stale = observed.state.routes.get(&v4.dst).and_then(|r| r.src);
-        assert!(
-            stale.is_none() || stale == Some("10.244.0.2".parse().unwrap()),
-            "{:?}",
-            observed.state.routes
-        );
-        // Writing that vanished source again is refused (EINVAL), naming the
-        // route and the source.
+        assert_eq!(observed.state.routes, moved.routes);
+        let got = ns.ip(&["route", "get", "10.244.1.10"]);
+        assert!(got.contains("src 10.244.0.2"), "{got}");
+        assert_eq!(reconcile(&nl, &want).await, 3);
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert_eq!(observed.state.routes, want.routes);
+        assert_eq!(observed.state.link, Some(want.link.clone()));
+
+        // A source that is no address of the node at all is refused
+        // (EINVAL), naming the route and the source.
         let err = nl
-            .replace_route(&sourced("10.244.1.0/24", "10.244.0.2"), TABLE)
+            .replace_route(&sourced("10.244.1.0/24", "10.244.0.9"), TABLE)
             .await
             .unwrap_err();
         assert_eq!(err.errno(), Some(Errno(libc::EINVAL)), "{err}");
         let text = err.to_string();
         assert!(
-            text.contains("10.244.1.0/24") && text.contains("src 10.244.0.2"),
+            text.contains("10.244.1.0/24") && text.contains("src 10.244.0.9"),
             "{text}"
         );
-        // With the address the agent finds next, one pass restores it.
-        assert_eq!(reconcile(&nl, &want).await, 1);
-        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
-        assert_eq!(observed.state.routes, want.routes);
 
-        // No source at all: a replace again.
-        let plain = desired(1420, &[route("10.244.1.0/24", 1400), v6]);
-        assert_eq!(reconcile(&nl, &plain).await, 1);
+        // No IPv4 source at all: the copy goes, and it is the link's last
+        // IPv4 address, so the kernel drops the link's IPv4 routes; the plan
+        // writes them again right after (1 removal + 1 route).
+        let plain = desired(1420, &[route("10.244.1.0/24", 1400), v6.clone()]);
+        assert_eq!(reconcile(&nl, &plain).await, 2);
         let shown = ns.ip(&["route", "show", "table", "51830"]);
-        assert!(!shown.contains("src"), "{shown}");
+        assert!(
+            line_starting(&shown, "10.244.1.0/24").is_some_and(|l| !l.contains("src")),
+            "{shown}"
+        );
+        let on_link = ns.ip(&["-4", "addr", "show", "dev", DEV]);
+        assert_eq!(on_link, "", "{on_link}");
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert_eq!(observed.state.routes, plain.routes);
+        assert_eq!(reconcile(&nl, &plain).await, 0);
+    });
+}
+
+/// The kernel rule the plan's `restore_routes` answers: when a link loses
+/// its last IPv4 address, Linux drops every IPv4 route through it, in every
+/// table (`fib_disable_ip`); IPv6 routes stay, and so do IPv4 routes while
+/// another IPv4 address is left.
+#[test]
+fn losing_the_last_ipv4_address_flushes_the_link_s_ipv4_routes() {
+    let ns = Netns::new();
+    ns.bare_veth(DEV, "wsv1");
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let v4 = route("10.244.1.0/24", 1400);
+        let v6 = route("fd00:244:1::/64", 1400);
+        let first: IpNetwork = "10.244.0.1/32".parse().unwrap();
+        let second: IpNetwork = "10.244.0.2/32".parse().unwrap();
+        for address in [first, second] {
+            nl.add_address(DEV, address).await.unwrap();
+        }
+        for r in [&v4, &v6] {
+            nl.replace_route(r, TABLE).await.unwrap();
+        }
+        let routes = || async { nl.routes(TABLE).await.unwrap() };
+        nl.delete_address(DEV, second).await.unwrap();
+        assert_eq!(routes().await.len(), 2, "another IPv4 address is left");
+        nl.delete_address(DEV, first).await.unwrap();
+        assert_eq!(
+            routes().await.keys().copied().collect::<Vec<_>>(),
+            vec![v6.dst],
+            "the IPv4 route went with the last IPv4 address"
+        );
     });
 }

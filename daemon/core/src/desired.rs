@@ -11,7 +11,9 @@ use thiserror::Error;
 use crate::annotation::{NodeInputError, overlaps};
 use crate::key::PublicKey;
 use crate::node::NodeView;
-use crate::state::{DesiredState, DeviceSpec, Family, LinkSpec, PeerConfig, RouteSpec, RuleSpec};
+use crate::state::{
+    DesiredState, DeviceSpec, Family, LinkSpec, PeerConfig, RouteSpec, RuleSpec, host_address,
+};
 
 /// Settings of the local node that shape the desired state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +32,16 @@ pub struct MeshConfig {
     pub mtu: u32,
     /// Persistent keepalive for every peer, in seconds.
     pub persistent_keepalive: Option<u16>,
-    /// The addresses on this node's interfaces, as last read. Per family, the
-    /// lowest of them inside this node's own pod CIDRs becomes the preferred
-    /// source of the routes into the tunnel (see [`host_source`]).
+    /// The addresses on this node's interfaces other than the tunnel link,
+    /// as last read: the CNI's. Per family, the lowest of them inside this
+    /// node's own pod CIDRs becomes the host source (see [`host_source`]):
+    /// the preferred source of the routes into the tunnel, and an address of
+    /// the tunnel link.
     pub local_addresses: BTreeSet<IpAddr>,
+    /// The addresses on the tunnel link, as last read: wireseal's copies of
+    /// earlier host sources. One still inside this node's pod CIDRs stays the
+    /// source while no address elsewhere qualifies (see [`host_source`]).
+    pub tunnel_addresses: BTreeSet<IpAddr>,
 }
 
 /// Why a remote node is not (fully) a peer.
@@ -142,25 +150,40 @@ pub struct Desired {
     /// The node each peer key belongs to.
     pub peer_nodes: BTreeMap<PublicKey, String>,
     /// The preferred source of the routes into the tunnel, per family that
-    /// has one.
+    /// has one; each is also an address of the tunnel link.
     pub host_sources: BTreeMap<Family, IpAddr>,
     /// The families routed into the tunnel without a preferred source.
     pub host_source_issues: Vec<NoHostSource>,
 }
 
 /// The source this node's own packets into the tunnel get for `family`: the
-/// lowest of `local` inside `own_cidrs`, so the choice is stable while the
-/// addresses are. `None` when no local address of that family lies inside.
+/// lowest of `local` (the CNI's addresses) inside `own_cidrs`, so the choice
+/// is stable while the addresses are; failing that, the lowest of `tunnel`
+/// (wireseal's copy on its own link) inside `own_cidrs`. `None` when neither
+/// has an address of that family inside.
+///
+/// The copy is kept while the CNI's address is away (a ptp CNI's gateway
+/// goes with the node's last pod; a bridge may be recreated) because taking
+/// the last IPv4 address off a link makes Linux flush every IPv4 route
+/// through it, in every table: pod traffic would leave by the CNI's plain
+/// routes until the next pass wrote them again. It is kept no longer than it
+/// lies inside this node's pod CIDRs, so a changed pod CIDR (or one handed to
+/// another node) never keeps a stale address here; and the CNI's address
+/// wins when there is one, so a gateway that moved takes the copy along.
 #[must_use]
 pub fn host_source(
     own_cidrs: &[IpNetwork],
     local: &BTreeSet<IpAddr>,
+    tunnel: &BTreeSet<IpAddr>,
     family: Family,
 ) -> Option<IpAddr> {
+    let inside =
+        |ip: &IpAddr| Family::of_ip(*ip) == family && own_cidrs.iter().any(|c| c.contains(*ip));
     local
         .iter()
+        .find(|ip| inside(ip))
+        .or_else(|| tunnel.iter().find(|ip| inside(ip)))
         .copied()
-        .find(|ip| Family::of_ip(*ip) == family && own_cidrs.iter().any(|c| c.contains(*ip)))
 }
 
 /// Computes the desired state of node `self_name`, whose device uses `self_key`.
@@ -224,7 +247,13 @@ pub fn desired(
     let host_sources: BTreeMap<Family, IpAddr> = [Family::V4, Family::V6]
         .into_iter()
         .filter_map(|family| {
-            host_source(own_cidrs, &config.local_addresses, family).map(|ip| (family, ip))
+            host_source(
+                own_cidrs,
+                &config.local_addresses,
+                &config.tunnel_addresses,
+                family,
+            )
+            .map(|ip| (family, ip))
         })
         .collect();
 
@@ -280,7 +309,7 @@ pub fn desired(
                 .collect(),
         })
         .collect();
-    let host_sources = host_sources
+    let host_sources: BTreeMap<Family, IpAddr> = host_sources
         .into_iter()
         .filter(|(family, _)| families.contains(family))
         .collect();
@@ -299,6 +328,7 @@ pub fn desired(
             link: LinkSpec {
                 name: config.interface.clone(),
                 mtu: config.mtu,
+                addresses: host_sources.values().copied().map(host_address).collect(),
             },
             device: DeviceSpec {
                 public_key: *self_key,

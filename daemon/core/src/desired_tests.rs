@@ -20,6 +20,7 @@ pub(crate) fn config() -> MeshConfig {
         mtu: 1440,
         persistent_keepalive: Some(25),
         local_addresses: BTreeSet::new(),
+        tunnel_addresses: BTreeSet::new(),
     }
 }
 
@@ -295,7 +296,12 @@ fn dual_stack_sources_per_family() {
     let v6 = &d.state.routes[&"fd00:244:1::/64".parse().unwrap()];
     assert_eq!(v6.src, Some("fd00:244::".parse().unwrap()));
     assert_eq!(
-        host_source(&nodes[0].pod_cidrs, &config.local_addresses, Family::V6),
+        host_source(
+            &nodes[0].pod_cidrs,
+            &config.local_addresses,
+            &BTreeSet::new(),
+            Family::V6
+        ),
         Some("fd00:244::".parse().unwrap())
     );
 }

@@ -24,5 +24,5 @@ pub use node::NodeView;
 pub use plan::{DevicePlan, LinkPlan, Plan, RoutingPlan, plan};
 pub use state::{
     DesiredState, DeviceSpec, Family, LinkSpec, ObservedDevice, ObservedState, PeerConfig,
-    RouteSpec, RuleSpec,
+    RouteSpec, RuleSpec, host_address,
 };

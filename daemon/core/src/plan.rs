@@ -4,13 +4,18 @@
 //! Order of application (the executor must follow it):
 //! 1. remove stale rules — steering goes first, so no packet is sent into a
 //!    table that is about to change under it;
-//! 2. create the link, or set its MTU;
+//! 2. create the link, or set its MTU; then add the link's new addresses —
+//!    before the routes that name them as their preferred source;
 //! 3. device settings (private key, listen port, fwmark);
 //! 4. add or update peers — before any removal, so a re-keyed node's new peer
 //!    takes over its allowed IPs before the old one goes;
 //! 5. add or replace routes;
 //! 6. remove stale routes, then stale peers — a departing node's prefixes
-//!    leave the table before its peer leaves the device;
+//!    leave the table before its peer leaves the device —, then the link's
+//!    stale addresses, once no route names them as its source any more; when
+//!    that takes the link's last IPv4 address, Linux flushes every IPv4 route
+//!    through the link, so the plan's `restore_routes` are written right
+//!    after;
 //! 7. add rules — last, so the rule never points at an incomplete table.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,16 +24,33 @@ use ipnetwork::IpNetwork;
 
 use crate::key::PublicKey;
 use crate::state::{
-    DesiredState, LinkSpec, ObservedDevice, ObservedState, PeerConfig, RouteSpec, RuleSpec,
+    DesiredState, Family, LinkSpec, ObservedDevice, ObservedState, PeerConfig, RouteSpec, RuleSpec,
 };
 
 /// Changes to the tunnel interface.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LinkPlan {
-    /// Create the interface (it does not exist).
+    /// Create the interface (it does not exist), without addresses: a new
+    /// link gets them from `add_addresses`, as every datapath creates its
+    /// link bare.
     pub create: Option<LinkSpec>,
     /// Set the MTU of the existing interface.
     pub set_mtu: Option<u32>,
+    /// Addresses to add to the interface (step 2).
+    pub add_addresses: BTreeSet<IpNetwork>,
+    /// Addresses to remove from the interface (step 6, after the routes).
+    pub remove_addresses: BTreeSet<IpNetwork>,
+}
+
+impl LinkPlan {
+    /// True when the interface needs no change.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.create.is_none()
+            && self.set_mtu.is_none()
+            && self.add_addresses.is_empty()
+            && self.remove_addresses.is_empty()
+    }
 }
 
 /// Changes to the WireGuard device. Peer updates carry the whole desired peer
@@ -82,6 +104,11 @@ pub struct RoutingPlan {
     pub add_rules: BTreeSet<RuleSpec>,
     /// Rules to remove.
     pub remove_rules: BTreeSet<RuleSpec>,
+    /// Routes to write once the link's stale addresses are gone (step 6):
+    /// the plan takes the link's last IPv4 address away, and Linux then
+    /// drops every IPv4 route through the link (`fib_disable_ip`). Every
+    /// desired IPv4 route of the link is here then, and not in `add_routes`.
+    pub restore_routes: BTreeMap<IpNetwork, RouteSpec>,
 }
 
 impl RoutingPlan {
@@ -92,6 +119,7 @@ impl RoutingPlan {
             && self.remove_routes.is_empty()
             && self.add_rules.is_empty()
             && self.remove_rules.is_empty()
+            && self.restore_routes.is_empty()
     }
 }
 
@@ -111,7 +139,7 @@ impl Plan {
     /// True when nothing needs to change.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.link == LinkPlan::default() && self.device.is_empty() && self.routing.is_empty()
+        self.link.is_empty() && self.device.is_empty() && self.routing.is_empty()
     }
 
     /// Number of individual changes, for logs and metrics.
@@ -119,6 +147,8 @@ impl Plan {
     pub fn len(&self) -> usize {
         usize::from(self.link.create.is_some())
             + usize::from(self.link.set_mtu.is_some())
+            + self.link.add_addresses.len()
+            + self.link.remove_addresses.len()
             + usize::from(self.device.set_private_key.is_some())
             + usize::from(self.device.listen_port.is_some())
             + usize::from(self.device.fwmark.is_some())
@@ -129,29 +159,69 @@ impl Plan {
             + self.routing.remove_routes.len()
             + self.routing.add_rules.len()
             + self.routing.remove_rules.len()
+            + self.routing.restore_routes.len()
     }
 }
 
 /// Computes the changes that take `observed` to `desired`.
 pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Plan {
+    let mut routing = plan_routing(desired, observed);
+    if let Some(link) = &observed.link
+        && has_ipv4(&link.addresses)
+        && !has_ipv4(&desired.link.addresses)
+    {
+        // Written before the flush they would be lost: write them after.
+        routing.restore_routes = desired
+            .routes
+            .iter()
+            .filter(|(dst, route)| flushed_with(&link.name, dst, route))
+            .map(|(dst, route)| (*dst, route.clone()))
+            .collect();
+        routing
+            .add_routes
+            .retain(|dst, route| !flushed_with(&link.name, dst, route));
+    }
     Plan {
         link: plan_link(desired, observed),
         device: plan_device(desired, observed.device.as_ref()),
-        routing: plan_routing(desired, observed),
+        routing,
     }
 }
 
+fn has_ipv4(addresses: &BTreeSet<IpNetwork>) -> bool {
+    addresses.iter().any(|a| Family::of(a) == Family::V4)
+}
+
+/// True for a route Linux drops when `link` loses its last IPv4 address.
+fn flushed_with(link: &str, dst: &IpNetwork, route: &RouteSpec) -> bool {
+    Family::of(dst) == Family::V4 && route.dev == link
+}
+
 fn plan_link(desired: &DesiredState, observed: &ObservedState) -> LinkPlan {
+    let want = &desired.link;
     match &observed.link {
         None => LinkPlan {
-            create: Some(desired.link.clone()),
-            set_mtu: None,
+            create: Some(LinkSpec {
+                addresses: BTreeSet::new(),
+                ..want.clone()
+            }),
+            add_addresses: want.addresses.clone(),
+            ..LinkPlan::default()
         },
-        Some(link) if link.mtu != desired.link.mtu => LinkPlan {
+        Some(link) => LinkPlan {
             create: None,
-            set_mtu: Some(desired.link.mtu),
+            set_mtu: (link.mtu != want.mtu).then_some(want.mtu),
+            add_addresses: want
+                .addresses
+                .difference(&link.addresses)
+                .copied()
+                .collect(),
+            remove_addresses: link
+                .addresses
+                .difference(&want.addresses)
+                .copied()
+                .collect(),
         },
-        Some(_) => LinkPlan::default(),
     }
 }
 
@@ -206,6 +276,7 @@ fn plan_routing(desired: &DesiredState, observed: &ObservedState) -> RoutingPlan
             .collect(),
         add_rules: desired.rules.difference(&observed.rules).copied().collect(),
         remove_rules: observed.rules.difference(&desired.rules).copied().collect(),
+        restore_routes: BTreeMap::new(),
     }
 }
 
@@ -219,8 +290,12 @@ impl ObservedState {
         if let Some(link) = &plan.link.create {
             self.link = Some(link.clone());
         }
-        if let (Some(link), Some(mtu)) = (self.link.as_mut(), plan.link.set_mtu) {
-            link.mtu = mtu;
+        if let Some(link) = self.link.as_mut() {
+            if let Some(mtu) = plan.link.set_mtu {
+                link.mtu = mtu;
+            }
+            link.addresses
+                .extend(plan.link.add_addresses.iter().copied());
         }
         let device = self.device.get_or_insert_with(ObservedDevice::default);
         let change = &plan.device;
@@ -254,6 +329,19 @@ impl ObservedState {
         for peer in device.peers.values_mut() {
             peer.allowed_ips
                 .retain(|ip| !change.remove_allowed_ips.contains(ip));
+        }
+        if let Some(link) = self.link.as_mut() {
+            let had_ipv4 = has_ipv4(&link.addresses);
+            link.addresses
+                .retain(|address| !plan.link.remove_addresses.contains(address));
+            // The kernel's rule: a link without IPv4 address loses its IPv4 routes.
+            if had_ipv4 && !has_ipv4(&link.addresses) {
+                self.routes
+                    .retain(|dst, route| !flushed_with(&link.name, dst, route));
+            }
+        }
+        for (dst, route) in &plan.routing.restore_routes {
+            self.routes.insert(*dst, route.clone());
         }
         self.rules.extend(plan.routing.add_rules.iter().copied());
     }

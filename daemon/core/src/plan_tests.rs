@@ -3,9 +3,9 @@ use proptest::prelude::*;
 use std::net::IpAddr;
 
 use super::*;
-use crate::desired::{MeshConfig, desired};
+use crate::desired::{MeshConfig, desired, host_source};
 use crate::node::{AddressKind, NodeAddress, NodeView};
-use crate::state::{Family, ObservedDevice};
+use crate::state::{Family, ObservedDevice, host_address};
 
 fn key(i: u8) -> PublicKey {
     let public = x25519_dalek::x25519(
@@ -25,6 +25,7 @@ fn config(mtu: u32) -> MeshConfig {
         mtu,
         persistent_keepalive: None,
         local_addresses: BTreeSet::new(),
+        tunnel_addresses: BTreeSet::new(),
     }
 }
 
@@ -43,6 +44,23 @@ fn address_pool() -> Vec<IpAddr> {
     ]
     .iter()
     .map(|a| a.parse().unwrap())
+    .collect()
+}
+
+/// Addresses that may be on the tunnel link: host sources of the address
+/// pool, the same address with a wider prefix (added by hand), and others.
+fn link_address_pool() -> Vec<IpNetwork> {
+    [
+        "10.244.0.1/32",
+        "10.244.0.1/24",
+        "10.244.1.1/32",
+        "192.0.2.10/32",
+        "fd00:244:1::1/128",
+        "fd00:244::/128",
+        "fd00:244::/64",
+    ]
+    .iter()
+    .map(|c| c.parse().unwrap())
     .collect()
 }
 
@@ -103,6 +121,7 @@ prop_compose! {
     /// peers, foreign MTUs, stray routes and rules in our table.
     fn arb_observed()(
         link_mtu in proptest::option::of(prop_oneof![Just(1420u32), Just(1440), Just(1500)]),
+        link_addresses in proptest::sample::subsequence(link_address_pool(), 0..3),
         device in proptest::option::of((
             proptest::option::of(0u8..8),
             prop_oneof![Just(0u16), Just(51830)],
@@ -115,7 +134,11 @@ prop_compose! {
         rules in proptest::sample::subsequence(vec![(Family::V4, 90u32), (Family::V6, 90), (Family::V4, 91)], 0..3),
     ) -> ObservedState {
         ObservedState {
-            link: link_mtu.map(|mtu| LinkSpec { name: "wireseal0".into(), mtu }),
+            link: link_mtu.map(|mtu| LinkSpec {
+                name: "wireseal0".into(),
+                mtu,
+                addresses: link_addresses.into_iter().collect(),
+            }),
             device: device.map(|(own, listen_port, fwmark, peers)| ObservedDevice {
                 public_key: own.map(key),
                 listen_port,
@@ -132,6 +155,26 @@ prop_compose! {
                 .collect(),
         }
     }
+}
+
+/// The addresses on the observed tunnel link, as the agent reads them.
+fn on_tunnel(observed: &ObservedState) -> BTreeSet<IpAddr> {
+    observed
+        .link
+        .iter()
+        .flat_map(|link| link.addresses.iter().map(IpNetwork::ip))
+        .collect()
+}
+
+/// This node's pod CIDRs as `desired` sees them (the last node of its name).
+fn own_cidrs(nodes: &[NodeView], me: u8) -> Vec<IpNetwork> {
+    let name = format!("n{me}");
+    nodes
+        .iter()
+        .rev()
+        .find(|n| n.name == name)
+        .map(|n| n.pod_cidrs.clone())
+        .unwrap_or_default()
 }
 
 fn self_key(i: u8) -> PublicKey {
@@ -152,7 +195,11 @@ proptest! {
         mtu in prop_oneof![Just(1420u32), Just(1440)],
         local in proptest::sample::subsequence(address_pool(), 0..4),
     ) {
-        let config = MeshConfig { local_addresses: local.into_iter().collect(), ..config(mtu) };
+        let config = MeshConfig {
+            local_addresses: local.into_iter().collect(),
+            tunnel_addresses: on_tunnel(&observed),
+            ..config(mtu)
+        };
         let d = desired(&format!("n{me}"), &self_key(own), &nodes, &config);
         let first = plan(&d.state, &observed);
         let mut after = observed;
@@ -169,9 +216,63 @@ proptest! {
         for route in d.state.routes.values() {
             if let Some(src) = route.src {
                 prop_assert_eq!(Family::of_ip(src), Family::of(&route.dst));
-                prop_assert!(config.local_addresses.contains(&src));
+                prop_assert!(config.local_addresses.contains(&src) || config.tunnel_addresses.contains(&src));
                 prop_assert_eq!(d.host_sources.get(&Family::of(&route.dst)), Some(&src));
             }
+        }
+        // The link carries exactly the host sources, as host prefixes.
+        let sources: BTreeSet<IpNetwork> =
+            d.host_sources.values().copied().map(host_address).collect();
+        prop_assert_eq!(&d.state.link.addresses, &sources);
+        for address in &d.state.link.addresses {
+            prop_assert_eq!(address.prefix(), match address { IpNetwork::V4(_) => 32, IpNetwork::V6(_) => 128 });
+            prop_assert!(
+                config.local_addresses.contains(&address.ip())
+                    || config.tunnel_addresses.contains(&address.ip())
+            );
+        }
+        // The CNI's address is the source when there is one; a copy on the
+        // tunnel only while there is none.
+        for (family, src) in &d.host_sources {
+            let own = own_cidrs(&nodes, me);
+            match host_source(&own, &config.local_addresses, &BTreeSet::new(), *family) {
+                Some(cni) => prop_assert_eq!(cni, *src),
+                None => prop_assert!(config.tunnel_addresses.contains(src)),
+            }
+        }
+    }
+
+    /// A route's preferred source is on the link from step 2 on, and an
+    /// address leaves the link only when no desired route names it: the
+    /// plan never has a route point at an address it is removing.
+    #[test]
+    fn a_route_source_is_on_the_link_before_the_route_and_stays(
+        nodes in proptest::collection::vec(arb_node(), 0..8),
+        observed in arb_observed(),
+        me in 0u8..6,
+        local in proptest::sample::subsequence(address_pool(), 0..4),
+    ) {
+        let config = MeshConfig {
+            local_addresses: local.into_iter().collect(),
+            tunnel_addresses: on_tunnel(&observed),
+            ..config(1440)
+        };
+        let d = desired(&format!("n{me}"), &key(0), &nodes, &config);
+        let p = plan(&d.state, &observed);
+        let on_link: BTreeSet<IpNetwork> = observed
+            .link
+            .as_ref()
+            .map(|link| link.addresses.clone())
+            .unwrap_or_default();
+        for src in d.state.routes.values().filter_map(|route| route.src) {
+            let address = host_address(src);
+            prop_assert!(on_link.contains(&address) || p.link.add_addresses.contains(&address));
+            prop_assert!(!p.link.remove_addresses.contains(&address));
+        }
+        // Nothing is both added and removed, and a new link starts bare.
+        prop_assert!(p.link.add_addresses.is_disjoint(&p.link.remove_addresses));
+        if let Some(created) = &p.link.create {
+            prop_assert!(created.addresses.is_empty());
         }
     }
 
@@ -258,7 +359,8 @@ fn nothing_on_the_node_plans_everything_in_order() {
         p.link.create,
         Some(LinkSpec {
             name: "wireseal0".into(),
-            mtu: 1440
+            mtu: 1440,
+            addresses: BTreeSet::new(),
         })
     );
     assert_eq!(p.device.set_private_key, Some(key(0)));
@@ -411,14 +513,7 @@ fn tunnel_mtu_follows_the_underlay() {
 
 #[test]
 fn a_new_source_replaces_the_routes_in_place() {
-    let all = [
-        NodeView {
-            name: "a".into(),
-            pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
-            ..NodeView::default()
-        },
-        node_b(),
-    ];
+    let all = with_own_cidr("10.244.0.0/24");
     let mut observed = programmed(&all, &config(1440));
     let gateway: IpAddr = "10.244.0.1".parse().unwrap();
     let with_source = MeshConfig {
@@ -433,10 +528,190 @@ fn a_new_source_replaces_the_routes_in_place() {
         p.routing.add_routes.values().next().unwrap().src,
         Some(gateway)
     );
-    assert_eq!(p.len(), 1);
-    // The address goes away again: the route loses its source the same way.
+    // And the source goes on the link: the only other change.
+    assert_eq!(p.link.add_addresses, nets(&["10.244.0.1/32"]));
+    assert_eq!(p.len(), 2);
     observed.apply(&p);
+    // The CNI's address goes: the copy on the link stays the source.
+    let copy_only = MeshConfig {
+        tunnel_addresses: on_tunnel(&observed),
+        ..config(1440)
+    };
+    let p = plan(&desired("a", &key(0), &all, &copy_only).state, &observed);
+    assert!(p.is_empty(), "{p:?}");
+    // Neither is there (someone took the copy too): the route loses its
+    // source the same way, in place.
     let p = plan(&desired("a", &key(0), &all, &config(1440)).state, &observed);
-    assert_eq!(p.routing.add_routes.values().next().unwrap().src, None);
+    assert_eq!(p.routing.restore_routes.values().next().unwrap().src, None);
     assert!(p.routing.remove_routes.is_empty());
+    assert_eq!(p.link.remove_addresses, nets(&["10.244.0.1/32"]));
+}
+
+/// Node "a" with pod CIDR `cidr`, beside node "b".
+fn with_own_cidr(cidr: &str) -> [NodeView; 2] {
+    [
+        NodeView {
+            name: "a".into(),
+            pod_cidrs: vec![cidr.parse().unwrap()],
+            ..NodeView::default()
+        },
+        node_b(),
+    ]
+}
+
+fn sourced(addresses: &[&str]) -> MeshConfig {
+    MeshConfig {
+        local_addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        ..config(1440)
+    }
+}
+
+fn nets(addresses: &[&str]) -> BTreeSet<IpNetwork> {
+    addresses.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+#[test]
+fn the_host_source_goes_on_the_link_and_follows_the_cni() {
+    // A new link is created bare; the source goes on it next, as a /32.
+    let all = with_own_cidr("10.244.0.0/24");
+    let cni = sourced(&["192.0.2.10", "10.244.0.1"]);
+    let want = desired("a", &key(0), &all, &cni);
+    assert_eq!(want.state.link.addresses, nets(&["10.244.0.1/32"]));
+    let p = plan(&want.state, &ObservedState::default());
+    assert_eq!(p.link.create.as_ref().unwrap().addresses, BTreeSet::new());
+    assert_eq!(p.link.add_addresses, nets(&["10.244.0.1/32"]));
+    let mut observed = ObservedState::default();
+    observed.apply(&p);
+    assert!(plan(&want.state, &observed).is_empty());
+
+    // The pod CIDR changes and the CNI moves its gateway into it: the new
+    // address is added, the route replaced, the old address removed.
+    let all = with_own_cidr("10.244.5.0/24");
+    let moved = desired("a", &key(0), &all, &sourced(&["192.0.2.10", "10.244.5.1"]));
+    let p = plan(&moved.state, &observed);
+    assert_eq!(p.link.add_addresses, nets(&["10.244.5.1/32"]));
+    assert_eq!(p.link.remove_addresses, nets(&["10.244.0.1/32"]));
+    assert_eq!(
+        p.routing.add_routes.values().next().unwrap().src,
+        Some("10.244.5.1".parse().unwrap())
+    );
+    assert_eq!(p.len(), 3);
+    observed.apply(&p);
+
+    // The CNI's address goes (a ptp CNI's with the node's last pod): the
+    // copy on the link stays the source, and nothing changes.
+    let copy_only = MeshConfig {
+        tunnel_addresses: on_tunnel(&observed),
+        ..sourced(&["192.0.2.10"])
+    };
+    let p = plan(&desired("a", &key(0), &all, &copy_only).state, &observed);
+    assert!(p.is_empty(), "{p:?}");
+
+    // The pod CIDR changes again, and the CNI has no address in the new one
+    // yet: the copy is outside it, so it goes, and it is the link's last
+    // IPv4 address. Linux then flushes the IPv4 routes through the link, so
+    // they are written after the removal, not before.
+    let all = with_own_cidr("10.244.6.0/24");
+    let stale = desired("a", &key(0), &all, &copy_only);
+    assert!(stale.host_sources.is_empty());
+    let p = plan(&stale.state, &observed);
+    assert_eq!(p.link.remove_addresses, nets(&["10.244.5.1/32"]));
+    assert!(p.link.add_addresses.is_empty());
+    assert!(p.routing.add_routes.is_empty());
+    let restored = p.routing.restore_routes.values().next().unwrap();
+    assert_eq!(
+        (restored.dst, restored.src),
+        ("10.244.1.0/24".parse().unwrap(), None)
+    );
+    observed.apply(&p);
+    assert!(observed.link.as_ref().unwrap().addresses.is_empty());
+    assert!(plan(&stale.state, &observed).is_empty());
+}
+
+/// Node "a" and its peer "b", each with an IPv4 and an IPv6 pod CIDR.
+fn dual_stack() -> [NodeView; 2] {
+    [
+        NodeView {
+            name: "a".into(),
+            pod_cidrs: vec![
+                "10.244.0.0/24".parse().unwrap(),
+                "fd00:244::/64".parse().unwrap(),
+            ],
+            ..NodeView::default()
+        },
+        NodeView {
+            pod_cidrs: vec![
+                "10.244.1.0/24".parse().unwrap(),
+                "fd00:244:1::/64".parse().unwrap(),
+            ],
+            ..node_b()
+        },
+    ]
+}
+
+#[test]
+fn losing_the_last_ipv4_address_flushes_ipv4_routes_in_the_model_and_the_plan_restores_them() {
+    // Dual stack: b's IPv4 and IPv6 CIDRs routed; a's IPv4 source goes,
+    // its IPv6 one stays.
+    let all = dual_stack();
+    let both = sourced(&["10.244.0.1", "fd00:244::1"]);
+    let mut observed = programmed(&all, &both);
+    let v6_only = desired("a", &key(0), &all, &sourced(&["fd00:244::1"]));
+    let p = plan(&v6_only.state, &observed);
+    // Only the IPv4 route is restored; the IPv6 one is untouched.
+    assert_eq!(
+        p.routing.restore_routes.keys().copied().collect::<Vec<_>>(),
+        vec!["10.244.1.0/24".parse::<IpNetwork>().unwrap()]
+    );
+    assert!(p.routing.add_routes.is_empty());
+    // Without the restore, the model loses the IPv4 route, as the kernel does.
+    let mut unrestored = observed.clone();
+    unrestored.apply(&Plan {
+        routing: RoutingPlan::default(),
+        ..p.clone()
+    });
+    assert_eq!(
+        unrestored.routes.keys().copied().collect::<Vec<_>>(),
+        vec!["fd00:244:1::/64".parse::<IpNetwork>().unwrap()]
+    );
+    observed.apply(&p);
+    assert_eq!(observed.routes, v6_only.state.routes);
+    // Losing the IPv6 address, by contrast, flushes nothing: a plain replace.
+    let v4_only = desired("a", &key(0), &all, &sourced(&["10.244.0.1"]));
+    let mut observed = programmed(&all, &both);
+    let p = plan(&v4_only.state, &observed);
+    assert!(p.routing.restore_routes.is_empty());
+    assert_eq!(p.routing.add_routes.len(), 1);
+    observed.apply(&p);
+    assert_eq!(observed.routes, v4_only.state.routes);
+}
+
+#[test]
+fn the_link_keeps_only_the_host_sources_and_ipv6_gets_a_128() {
+    let all = dual_stack();
+    let want = desired(
+        "a",
+        &key(0),
+        &all,
+        &sourced(&["10.244.0.1", "fd00:244::1", "2001:db8::1"]),
+    );
+    assert_eq!(
+        want.state.link.addresses,
+        nets(&["10.244.0.1/32", "fd00:244::1/128"])
+    );
+    // Found on the link: the same address with another prefix, and one
+    // somebody added by hand. Both go; the /32 and /128 come.
+    let mut observed = programmed(&all, &config(1440));
+    observed.link.as_mut().unwrap().addresses = nets(&["10.244.0.1/24", "198.51.100.7/32"]);
+    let p = plan(&want.state, &observed);
+    assert_eq!(
+        p.link.add_addresses,
+        nets(&["10.244.0.1/32", "fd00:244::1/128"])
+    );
+    assert_eq!(
+        p.link.remove_addresses,
+        nets(&["10.244.0.1/24", "198.51.100.7/32"])
+    );
+    observed.apply(&p);
+    assert!(plan(&want.state, &observed).is_empty());
 }

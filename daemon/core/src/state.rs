@@ -77,6 +77,25 @@ pub struct LinkSpec {
     pub name: String,
     /// Interface MTU.
     pub mtu: u32,
+    /// The addresses on the interface that wireseal manages: every address
+    /// but the kernel's link-local ones. Desired: the host sources, each as
+    /// a host prefix (see [`host_address`]).
+    ///
+    /// The routes into the tunnel already give the node's own packets that
+    /// source, but kube-proxy masquerades host traffic to a Service with the
+    /// *output device's* address (`MASQUERADE` ignores the route's preferred
+    /// source), and a device without one makes the kernel fall back to the
+    /// node's address, which the peers' WireGuard drops. The same address
+    /// also stays on the CNI's device: the node then has it twice, which
+    /// Linux allows (one `local` entry per device in the local table).
+    pub addresses: BTreeSet<IpNetwork>,
+}
+
+/// A host source as it goes on the tunnel link: a /32 or /128, so that it
+/// adds no prefix route and claims no other address of the pod CIDR.
+#[must_use]
+pub fn host_address(ip: IpAddr) -> IpNetwork {
+    IpNetwork::from(ip)
 }
 
 /// What wireseal configures on one WireGuard peer. The same on both datapaths.

@@ -14,7 +14,8 @@ use super::memory::MemoryNode;
 use super::netlink_routing::NetlinkRouting;
 use super::userspace::UserspaceDatapath;
 use super::{
-    Datapath, DatapathError, DeviceObservation, Routing, RoutingObservation, RoutingPhase,
+    Datapath, DatapathError, DeviceObservation, NodeAddresses, Routing, RoutingObservation,
+    RoutingPhase,
 };
 use crate::cli::DatapathChoice;
 
@@ -199,6 +200,28 @@ impl Routing for AnyRouting {
         }
     }
 
+    async fn add_addresses(
+        &mut self,
+        interface: &str,
+        addresses: &std::collections::BTreeSet<ipnetwork::IpNetwork>,
+    ) -> Result<(), DatapathError> {
+        match self {
+            Self::Netlink(r) => r.add_addresses(interface, addresses).await,
+            Self::Memory(r) => r.add_addresses(interface, addresses).await,
+        }
+    }
+
+    async fn remove_addresses(
+        &mut self,
+        interface: &str,
+        addresses: &std::collections::BTreeSet<ipnetwork::IpNetwork>,
+    ) -> Result<(), DatapathError> {
+        match self {
+            Self::Netlink(r) => r.remove_addresses(interface, addresses).await,
+            Self::Memory(r) => r.remove_addresses(interface, addresses).await,
+        }
+    }
+
     async fn apply(
         &mut self,
         plan: &RoutingPlan,
@@ -234,12 +257,10 @@ impl Routing for AnyRouting {
         }
     }
 
-    async fn local_addresses(
-        &mut self,
-    ) -> Result<std::collections::BTreeSet<std::net::IpAddr>, DatapathError> {
+    async fn local_addresses(&mut self, tunnel: &str) -> Result<NodeAddresses, DatapathError> {
         match self {
-            Self::Netlink(r) => r.local_addresses().await,
-            Self::Memory(r) => r.local_addresses().await,
+            Self::Netlink(r) => r.local_addresses(tunnel).await,
+            Self::Memory(r) => r.local_addresses(tunnel).await,
         }
     }
 }

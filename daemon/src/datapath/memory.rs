@@ -1,13 +1,15 @@
-//! A datapath and routing that live in memory: they model the device, routes
-//! and rules exactly as the plan describes them (through
-//! `ObservedState::apply`) and carry no traffic. The agent's Kubernetes tests
-//! run many agents on one machine with them, and `--datapath memory` lets an
-//! operator watch what wireseal would program without touching the node.
+//! A datapath and routing that live in memory: they model the device, the
+//! link's addresses, routes and rules exactly as the plan describes them
+//! (through `ObservedState::apply`) and carry no traffic. The agent's
+//! Kubernetes tests run many agents on one machine with them, and
+//! `--datapath memory` lets an operator watch what wireseal would program
+//! without touching the node.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnetwork::IpNetwork;
 use tokio::sync::Mutex;
 use wireseal_core::{
     DatapathKind, DevicePlan, LinkPlan, LinkSpec, ObservedState, Plan, RoutingPlan,
@@ -15,7 +17,8 @@ use wireseal_core::{
 use wireseal_keymgr::PrivateKey;
 
 use super::{
-    Datapath, DatapathError, DeviceObservation, Routing, RoutingObservation, RoutingPhase,
+    Datapath, DatapathError, DeviceObservation, NodeAddresses, Routing, RoutingObservation,
+    RoutingPhase,
 };
 
 /// MTU the memory underlay reports for every path.
@@ -25,6 +28,9 @@ pub const MEMORY_UNDERLAY_MTU: u32 = 1500;
 #[derive(Debug, Clone, Default)]
 pub struct MemoryNode {
     state: Arc<Mutex<ObservedState>>,
+    /// The addresses the CNI has put on the node's other interfaces; none
+    /// unless a test sets them.
+    cni_addresses: Arc<Mutex<BTreeSet<IpAddr>>>,
 }
 
 impl MemoryNode {
@@ -38,6 +44,30 @@ impl MemoryNode {
     pub async fn snapshot(&self) -> ObservedState {
         self.state.lock().await.clone()
     }
+
+    /// Plays the CNI: the addresses on the node's interfaces other than the
+    /// tunnel link, as [`Routing::local_addresses`] reports them from now on.
+    pub async fn set_cni_addresses(&self, addresses: BTreeSet<IpAddr>) {
+        *self.cni_addresses.lock().await = addresses;
+    }
+
+    /// Applies the link part of a plan alone.
+    async fn apply_link(&self, link: LinkPlan) {
+        self.apply_part(&Plan {
+            link,
+            ..Plan::default()
+        })
+        .await;
+    }
+
+    /// Applies a plan without a device part.
+    async fn apply_part(&self, plan: &Plan) {
+        let mut state = self.state.lock().await;
+        // Link or routing changes alone must not conjure a device into the model.
+        let device = state.device.take();
+        state.apply(plan);
+        state.device = device;
+    }
 }
 
 impl Datapath for MemoryNode {
@@ -48,15 +78,18 @@ impl Datapath for MemoryNode {
     }
 
     async fn ensure_link(&mut self, link: &LinkSpec) -> Result<(), DatapathError> {
-        let mut state = self.state.lock().await;
-        if state.link.is_none() {
-            state.apply(&Plan {
-                link: LinkPlan {
-                    create: Some(link.clone()),
-                    set_mtu: None,
-                },
-                ..Plan::default()
-            });
+        let missing = self.state.lock().await.link.is_none();
+        if missing {
+            // Created bare, as the real datapaths create theirs: the
+            // addresses come with the plan.
+            self.apply_link(LinkPlan {
+                create: Some(LinkSpec {
+                    addresses: BTreeSet::new(),
+                    ..link.clone()
+                }),
+                ..LinkPlan::default()
+            })
+            .await;
         }
         Ok(())
     }
@@ -97,9 +130,37 @@ impl Routing for MemoryNode {
     }
 
     async fn set_mtu(&mut self, _interface: &str, mtu: u32) -> Result<(), DatapathError> {
-        if let Some(link) = self.state.lock().await.link.as_mut() {
-            link.mtu = mtu;
-        }
+        self.apply_link(LinkPlan {
+            set_mtu: Some(mtu),
+            ..LinkPlan::default()
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn add_addresses(
+        &mut self,
+        _interface: &str,
+        addresses: &BTreeSet<IpNetwork>,
+    ) -> Result<(), DatapathError> {
+        self.apply_link(LinkPlan {
+            add_addresses: addresses.clone(),
+            ..LinkPlan::default()
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn remove_addresses(
+        &mut self,
+        _interface: &str,
+        addresses: &BTreeSet<IpNetwork>,
+    ) -> Result<(), DatapathError> {
+        self.apply_link(LinkPlan {
+            remove_addresses: addresses.clone(),
+            ..LinkPlan::default()
+        })
+        .await;
         Ok(())
     }
 
@@ -118,19 +179,20 @@ impl Routing for MemoryNode {
                 remove_routes: plan.remove_routes.clone(),
                 ..RoutingPlan::default()
             },
+            RoutingPhase::Restore => RoutingPlan {
+                restore_routes: plan.restore_routes.clone(),
+                ..RoutingPlan::default()
+            },
             RoutingPhase::AddRules => RoutingPlan {
                 add_rules: plan.add_rules.clone(),
                 ..RoutingPlan::default()
             },
         };
-        let mut state = self.state.lock().await;
-        // Routing alone must not conjure a device into the model.
-        let device = state.device.take();
-        state.apply(&Plan {
+        self.apply_part(&Plan {
             routing: part,
             ..Plan::default()
-        });
-        state.device = device;
+        })
+        .await;
         Ok(())
     }
 
@@ -145,9 +207,22 @@ impl Routing for MemoryNode {
         Ok(None)
     }
 
-    /// A memory node has no interfaces, so no address inside its pod CIDRs:
-    /// its routes carry no preferred source and its status says why.
-    async fn local_addresses(&mut self) -> Result<BTreeSet<IpAddr>, DatapathError> {
-        Ok(BTreeSet::new())
+    /// A memory node has no interfaces but its tunnel link, so unless a
+    /// test plays the CNI ([`MemoryNode::set_cni_addresses`]) it has no
+    /// address inside its pod CIDRs: its routes carry no preferred source and
+    /// its status says why. The tunnel link's addresses are its model's.
+    async fn local_addresses(&mut self, _tunnel: &str) -> Result<NodeAddresses, DatapathError> {
+        let tunnel = self
+            .state
+            .lock()
+            .await
+            .link
+            .iter()
+            .flat_map(|link| link.addresses.iter().map(IpNetwork::ip))
+            .collect();
+        Ok(NodeAddresses {
+            elsewhere: self.cni_addresses.lock().await.clone(),
+            tunnel,
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! The seams between the reconcile loop and the node: the WireGuard device
 //! ([`Datapath`], one implementation per datapath) and the tunnel interface's
-//! MTU, routes and rules ([`Routing`], shared by both datapaths).
+//! MTU and addresses, routes and rules ([`Routing`], shared by both datapaths).
 
 pub mod any;
 pub mod kernel;
@@ -105,7 +105,8 @@ pub trait Datapath: Send {
 /// What routing reads back: the tunnel interface and wireseal's table and rules.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RoutingObservation {
-    /// The tunnel interface, if it exists.
+    /// The tunnel interface with its addresses (link-local ones left out),
+    /// if it exists.
     pub link: Option<LinkSpec>,
     /// Routes in wireseal's table.
     pub routes: BTreeMap<IpNetwork, RouteSpec>,
@@ -113,7 +114,8 @@ pub struct RoutingObservation {
     pub rules: BTreeSet<RuleSpec>,
 }
 
-/// The interface MTU, routes and policy rules, the same for both datapaths.
+/// The interface MTU and addresses, routes and policy rules, the same for
+/// both datapaths.
 pub trait Routing: Send {
     /// Reads back the tunnel interface, the routes in `table` and the rules at `priority`.
     fn observe(
@@ -134,6 +136,23 @@ pub trait Routing: Send {
         &mut self,
         interface: &str,
         mtu: u32,
+    ) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// Adds addresses to the tunnel interface (the host sources, as /32 or
+    /// /128), before the routes that name them. Adding one that is there is
+    /// success.
+    fn add_addresses(
+        &mut self,
+        interface: &str,
+        addresses: &BTreeSet<IpNetwork>,
+    ) -> impl Future<Output = Result<(), DatapathError>> + Send;
+
+    /// Removes addresses from the tunnel interface, after the routes stopped
+    /// naming them. Removing one that is gone is success.
+    fn remove_addresses(
+        &mut self,
+        interface: &str,
+        addresses: &BTreeSet<IpNetwork>,
     ) -> impl Future<Output = Result<(), DatapathError>> + Send;
 
     /// Applies route and rule changes. `phase` selects which part, so the
@@ -166,11 +185,23 @@ pub trait Routing: Send {
 
     /// The node's addresses that can be a route's preferred source, read
     /// anew on every call: the CNI adds and removes them (flannel's cni0
-    /// appears with the first pod). Leaves out a source the kernel refused
-    /// since the addresses last changed.
+    /// appears with the first pod). Those on the tunnel link `tunnel`
+    /// (wireseal's copies) apart from the others, as the choice of the host
+    /// source treats them apart. Leaves out a source the kernel refused since
+    /// the addresses last changed.
     fn local_addresses(
         &mut self,
-    ) -> impl Future<Output = Result<BTreeSet<IpAddr>, DatapathError>> + Send;
+        tunnel: &str,
+    ) -> impl Future<Output = Result<NodeAddresses, DatapathError>> + Send;
+}
+
+/// The node's usable addresses, as candidates for the host source.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeAddresses {
+    /// On every interface but the tunnel link: the CNI's.
+    pub elsewhere: BTreeSet<IpAddr>,
+    /// On the tunnel link: wireseal's copies of earlier host sources.
+    pub tunnel: BTreeSet<IpAddr>,
 }
 
 /// The parts of a routing plan, in the order they are applied.
@@ -180,6 +211,9 @@ pub enum RoutingPhase {
     RemoveRules,
     /// Routes are added or replaced, then stale ones removed.
     Routes,
+    /// Routes written again after the tunnel link lost its last IPv4
+    /// address, which made Linux flush them (`restore_routes`).
+    Restore,
     /// New rules go last.
     AddRules,
 }

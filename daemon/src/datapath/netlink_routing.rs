@@ -1,14 +1,16 @@
-//! Routing through netlink: the tunnel interface's MTU, wireseal's table and
-//! its policy rules. The same for both datapaths.
+//! Routing through netlink: the tunnel interface's MTU and addresses,
+//! wireseal's table and its policy rules. The same for both datapaths.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
+
 use tracing::warn;
 use wireseal_core::{RouteSpec, RoutingPlan};
-use wireseal_netlink::{ApplyError, ApplyItem, Errno, Netlink, RoutingIds};
+use wireseal_netlink::{AddressInfo, ApplyError, ApplyItem, Errno, Netlink, RoutingIds};
 
-use super::{DatapathError, Routing, RoutingObservation, RoutingPhase};
+use super::{DatapathError, NodeAddresses, Routing, RoutingObservation, RoutingPhase};
 
 /// Routing on this node's kernel.
 pub struct NetlinkRouting {
@@ -147,6 +149,28 @@ impl Routing for NetlinkRouting {
             .map_err(wrap("setting the tunnel MTU"))
     }
 
+    async fn add_addresses(
+        &mut self,
+        interface: &str,
+        addresses: &BTreeSet<IpNetwork>,
+    ) -> Result<(), DatapathError> {
+        self.netlink
+            .add_link_addresses(interface, addresses)
+            .await
+            .map_err(wrap("adding the host sources to the tunnel link"))
+    }
+
+    async fn remove_addresses(
+        &mut self,
+        interface: &str,
+        addresses: &BTreeSet<IpNetwork>,
+    ) -> Result<(), DatapathError> {
+        self.netlink
+            .remove_link_addresses(interface, addresses)
+            .await
+            .map_err(wrap("removing stale addresses from the tunnel link"))
+    }
+
     async fn apply(
         &mut self,
         plan: &RoutingPlan,
@@ -165,6 +189,11 @@ impl Routing for NetlinkRouting {
                     .await
                     .map_err(wrap("changing routes")),
             },
+            RoutingPhase::Restore => self
+                .netlink
+                .restore_routes(self.table, plan)
+                .await
+                .map_err(wrap("writing the routes the kernel flushed again")),
             RoutingPhase::AddRules => self
                 .netlink
                 .add_rules(plan)
@@ -204,18 +233,32 @@ impl Routing for NetlinkRouting {
         self.netlink.writes()
     }
 
-    async fn local_addresses(&mut self) -> Result<BTreeSet<IpAddr>, DatapathError> {
-        let addresses: BTreeSet<IpAddr> = self
+    async fn local_addresses(&mut self, tunnel: &str) -> Result<NodeAddresses, DatapathError> {
+        let own = self
+            .netlink
+            .link(tunnel)
+            .await
+            .map_err(|err| DatapathError::new(format!("reading link {tunnel}"), err))?
+            .map(|link| link.index);
+        let (on_tunnel, elsewhere): (Vec<_>, Vec<_>) = self
             .netlink
             .addresses()
             .await
             .map_err(|err| DatapathError::new("listing addresses", err))?
             .into_iter()
             .filter(|address| address.usable)
-            .map(|address| address.address)
-            .collect();
+            .partition(|address| Some(address.index) == own);
+        let all = |found: Vec<AddressInfo>| -> BTreeSet<IpAddr> {
+            found.into_iter().map(|address| address.address).collect()
+        };
+        let (elsewhere, on_tunnel) = (all(elsewhere), all(on_tunnel));
+        let addresses: BTreeSet<IpAddr> = elsewhere.union(&on_tunnel).copied().collect();
         self.addresses.clone_from(&addresses);
-        Ok(offered(addresses, &mut self.refused))
+        let offered = offered(addresses, &mut self.refused);
+        Ok(NodeAddresses {
+            elsewhere: elsewhere.intersection(&offered).copied().collect(),
+            tunnel: on_tunnel.intersection(&offered).copied().collect(),
+        })
     }
 }
 

@@ -67,6 +67,14 @@ impl Netns {
         self.ip(&["link", "set", b, "up"]);
     }
 
+    /// Adds a veth pair `a`/`b`, both up, without addresses: `a` stands in
+    /// for the tunnel link, which carries no address but wireseal's.
+    pub fn bare_veth(&self, a: &str, b: &str) {
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+        self.ip(&["link", "set", a, "up"]);
+        self.ip(&["link", "set", b, "up"]);
+    }
+
     /// Runs `body` inside the namespace on a current-thread tokio runtime,
     /// bounded by [`TEST_TIMEOUT`]. A panic in `body` fails the calling test.
     pub fn run<F, Fut, T>(&self, body: F) -> T

@@ -81,15 +81,42 @@ impl Capture {
         }
     }
 
-    /// Stops tcpdump (which flushes its file on SIGTERM) and analyses what it captured.
+    /// Lets tcpdump catch up, stops it (which flushes its file on SIGTERM)
+    /// and analyses what it captured.
     ///
     /// # Errors
     /// When the capture file cannot be read or parsed.
     pub fn finish(mut self, apiserver: Ipv4Addr, wireguard_port: u16) -> Result<CaptureReport> {
+        self.settle();
         self.tcpdump.stop(Duration::from_secs(5));
         let bytes = std::fs::read(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
         analyse(&bytes, apiserver, wireguard_port)
+    }
+}
+
+impl Capture {
+    /// Waits until the capture file has stopped growing for a moment (at
+    /// most 2 s). Frames the kernel already handed to tcpdump may not be in
+    /// the file yet when the traffic ends: a short exchange that ends the
+    /// traffic (one TCP round trip) could otherwise lose its last frames,
+    /// which are the ones carrying the payload, to the SIGTERM.
+    fn settle(&self) {
+        const QUIET: Duration = Duration::from_millis(150);
+        let size = || std::fs::metadata(&self.file).map_or(0, |m| m.len());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = size();
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+            let now = size();
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= QUIET {
+                return;
+            }
+        }
     }
 }
 

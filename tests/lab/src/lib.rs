@@ -11,6 +11,7 @@ pub mod capture;
 pub mod netns;
 pub mod process;
 mod registry;
+pub mod service;
 pub mod topology;
 pub mod traffic;
 
@@ -250,8 +251,9 @@ impl Lab {
             .map_err(|err| anyhow::anyhow!("deleting Node {name}: {err}"))
     }
 
-    /// Node `i`'s routing as `ip` shows it: links, rules, every table. Used
-    /// to check that `wireseal cleanup` leaves the node as it found it.
+    /// Node `i`'s routing as `ip` shows it: links, addresses, rules, every
+    /// table. Used to check that `wireseal cleanup` leaves the node as it
+    /// found it.
     ///
     /// # Errors
     /// When `ip` fails.
@@ -260,6 +262,7 @@ impl Lab {
         let mut out = String::new();
         for args in [
             &["-o", "link", "show"][..],
+            &["-o", "addr", "show"],
             &["rule", "show"],
             &["-4", "route", "show", "table", "all"],
             &["-6", "route", "show", "table", "all"],
@@ -270,6 +273,13 @@ impl Lab {
             let lines: Vec<String> = if args.contains(&"link") {
                 text.lines()
                     .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_owned()))
+                    .collect()
+            } else if args.contains(&"addr") {
+                // The address and its device; lifetimes left out, and the
+                // link-local ones, which come and go with DAD as below.
+                text.lines()
+                    .filter(|l| !l.contains(" fe80::"))
+                    .map(|l| l.split('\\').next().unwrap_or(l).trim().to_owned())
                     .collect()
             } else {
                 // Link-local addresses appear when the kernel's duplicate address

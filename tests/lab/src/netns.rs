@@ -54,6 +54,7 @@ fn hint(program: &str) -> &'static str {
         "tcpdump" => "apt-get install tcpdump",
         "ping" => "apt-get install iputils-ping",
         "iperf3" => "apt-get install iperf3",
+        "nft" => "apt-get install nftables",
         "wg" => "apt-get install --no-install-recommends wireguard-tools",
         _ => "see .ci/install",
     }

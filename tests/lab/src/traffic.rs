@@ -1,14 +1,18 @@
 //! Traffic to pods, from pods or from a node itself: pings (optionally
 //! carrying the canary), all-pairs connectivity, a continuous pinger that
-//! counts losses, and iperf3.
+//! counts losses, a TCP echo exchange carrying the canary, and iperf3.
 
-use std::net::Ipv4Addr;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::capture::canary_hex;
+use crate::capture::{CANARY, canary_hex};
 use crate::netns::Netns;
 use crate::topology::Network;
 
@@ -185,6 +189,108 @@ impl Drop for Pinger {
             let _ = child.wait();
         }
     }
+}
+
+/// A TCP echo server on a thread of its own inside a namespace (a pod
+/// serving a Service): every connection gets back what it sent, once.
+/// Stopped on drop.
+#[derive(Debug)]
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Listens on `port` on every address of `ns`.
+    ///
+    /// # Errors
+    /// When the namespace cannot be entered or the port not bound.
+    pub fn start(ns: &Netns, port: u16) -> Result<Self> {
+        let enter = ns.enter_current_thread_fn();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let listener = enter().map_err(anyhow::Error::from).and_then(|()| {
+                let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                // Polled, so that the stop flag is seen without a connection.
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            });
+            let listener = match listener {
+                Ok(listener) => {
+                    let _ = ready_tx.send(Ok(()));
+                    listener
+                }
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err));
+                    return;
+                }
+            };
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = echo_once(stream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ready_rx
+            .recv()
+            .context("the echo server's thread ended before listening")??;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn echo_once(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buffer = [0u8; 256];
+    let n = stream.read(&mut buffer)?;
+    stream.write_all(&buffer[..n])
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Connects from namespace `from` (a node itself, or a pod) to `dst`, sends
+/// the canary and waits for it to come back, each step bounded by `timeout`.
+///
+/// # Errors
+/// Naming the step that failed: entering the namespace, connecting, sending,
+/// or receiving the echo.
+pub fn tcp_echo(from: &Netns, dst: SocketAddrV4, timeout: Duration) -> Result<()> {
+    let enter = from.enter_current_thread_fn();
+    let name = from.name().to_owned();
+    std::thread::spawn(move || -> Result<()> {
+        enter()?;
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(dst), timeout)
+            .with_context(|| format!("connecting from {name} to {dst}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream
+            .write_all(CANARY)
+            .with_context(|| format!("sending to {dst}"))?;
+        let mut back = [0u8; CANARY.len()];
+        stream
+            .read_exact(&mut back)
+            .with_context(|| format!("waiting for {dst}'s echo"))?;
+        if &back != CANARY {
+            bail!("{dst} echoed {back:?}, not the canary");
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the TCP client thread panicked"))?
 }
 
 /// TCP throughput from `from` to `to` with iperf3, in Mbit/s (receiver side).

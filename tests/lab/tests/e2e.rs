@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use wireseal_lab::capture::{Capture, CaptureReport};
+use wireseal_lab::service;
 use wireseal_lab::topology::{APISERVER_IP, pod_gateway};
 use wireseal_lab::traffic::{self, Pinger};
 use wireseal_lab::{Lab, LabConfig, WIREGUARD_PORT};
@@ -395,6 +396,15 @@ fn toggling_beside_the_cni_under_ping_and_cleanup_restores_the_node() {
     let on = ping_on.wait().unwrap();
     lab.wait_encrypted(UP).unwrap();
     assert!(capture(&lab, &[(0, 1)]).encrypted());
+    // The snapshot sees what wireseal adds, the host source on its link too.
+    eventually(&lab, "the host source on wireseal0", CONVERGE, |lab| {
+        lab.routing_snapshot(0).is_ok_and(|snapshot| {
+            snapshot.contains(&format!(
+                "inet {}/32 scope global wireseal0",
+                pod_gateway(0)
+            ))
+        })
+    });
 
     // Off: agents stopped, `wireseal cleanup` on every node, under ping.
     let ping_off = background_ping(&lab, (0, 0), (1, 0), 300);
@@ -480,10 +490,32 @@ fn tunnel_routes(lab: &Lab, i: usize) -> String {
         .unwrap_or_default()
 }
 
-/// The routes' preferred source follows the CNI's gateway address: when it
-/// goes, the routes lose it (a replace: they stay in the tunnel) and the
-/// status says what breaks; when it comes back (as cni0 does with the first
-/// pod), the agent, woken by the address event, sets it again.
+/// Whether node `i`'s policy rule is in place.
+fn has_rule(lab: &Lab, i: usize) -> bool {
+    lab.network.nodes[i]
+        .ns
+        .ip(&["rule", "show"])
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("90:\tnot from all fwmark"))
+}
+
+/// Waits for node `i`'s agent to run a pass after now: its rule is deleted
+/// and must come back, which only a pass does (reading the addresses anew).
+fn next_pass(lab: &Lab, i: usize) {
+    lab.network.nodes[i]
+        .ns
+        .ip(&["rule", "del", "priority", "90"])
+        .unwrap();
+    eventually(lab, "a pass puts the rule back", CONVERGE, |lab| {
+        has_rule(lab, i)
+    });
+}
+
+/// The host source follows the CNI's gateway address, and wireseal keeps a
+/// copy on its tunnel link: that copy stands in while the CNI's address is
+/// away (taking the link's last IPv4 address away would make the kernel drop
+/// the routes through it), and the source is lost only when neither is
+/// there. When the CNI's address comes back, the agent, woken by the
+/// address event, takes it again.
 #[test]
 fn the_host_source_follows_the_cni_gateway_address() {
     let mut lab = lab(2, 1);
@@ -495,22 +527,41 @@ fn the_host_source_follows_the_cni_gateway_address() {
     assert_eq!(status.host_source_warning, None);
     let text = lab.status_text(0).unwrap();
     assert!(text.contains(&format!("host src {gateway}")), "{text}");
+    let sourced = format!("10.244.1.0/24 dev wireseal0 proto static scope link src {gateway}");
     let routes = tunnel_routes(&lab, 0);
-    assert!(
-        routes.contains(&format!(
-            "10.244.1.0/24 dev wireseal0 proto static scope link src {gateway}"
-        )),
-        "{routes}"
-    );
+    assert!(routes.contains(&sourced), "{routes}");
+    let copy = format!("inet {gateway}/32 scope global wireseal0");
+    assert!(tunnel_addresses(&lab, 0).contains(&copy));
 
+    // The CNI's address goes (with the last address of p0 the kernel also
+    // drops the pod's route through it): the copy keeps the source, and the
+    // node still reaches pods on other nodes.
     let on_p0 = format!("{gateway}/32");
     lab.network.nodes[0]
         .ns
         .ip(&["addr", "del", &on_p0, "dev", "p0"])
         .unwrap();
+    next_pass(&lab, 0);
+    assert!(tunnel_routes(&lab, 0).contains(&sourced));
+    assert!(tunnel_addresses(&lab, 0).contains(&copy));
+    let status = lab.status(0).unwrap();
+    assert_eq!(status.host_sources, vec![IpAddr::from(gateway)]);
+    assert_eq!(status.host_source_warning, None);
+    let mut lost = Vec::new();
+    let sealed = capture_while(&lab, || lost = host_pings(&lab, &[(0, 1)]));
+    assert_eq!(lost, vec![], "{}", route_to_pod(&lab, 0, 1));
+    assert!(sealed.encrypted(), "{sealed}");
+
+    // The copy goes too (by hand): the link's last IPv4 address, so the
+    // kernel drops the routes through it; the agent writes them back
+    // without a source and says what breaks.
+    lab.network.nodes[0]
+        .ns
+        .ip(&["addr", "del", &on_p0, "dev", "wireseal0"])
+        .unwrap();
     eventually(
         &lab,
-        "routes without a source, and a warning",
+        "routes back without a source, and a warning",
         CONVERGE,
         |lab| {
             let routes = tunnel_routes(lab, 0);
@@ -531,9 +582,9 @@ fn the_host_source_follows_the_cni_gateway_address() {
         text.contains("warning: node node-0 has no IPv4 address") && text.contains("host src none"),
         "{text}"
     );
+    assert!(!tunnel_addresses(&lab, 0).contains(&copy));
 
-    // Back, as a CNI sets up a pod: with the last address of p0 the kernel
-    // also dropped the pod's route through it.
+    // Back, as a CNI sets up a pod.
     let pod = format!("{}/32", lab.network.nodes[0].pods[0].ip);
     for args in [
         &["addr", "add", &on_p0, "dev", "p0"][..],
@@ -541,10 +592,16 @@ fn the_host_source_follows_the_cni_gateway_address() {
     ] {
         lab.network.nodes[0].ns.ip(args).unwrap();
     }
-    eventually(&lab, "the source is back", CONVERGE, |lab| {
-        tunnel_routes(lab, 0).contains(&format!("src {gateway}"))
-            && lab.status(0).is_ok_and(|s| s.host_source_warning.is_none())
-    });
+    eventually(
+        &lab,
+        "the source is back, on the link too",
+        CONVERGE,
+        |lab| {
+            tunnel_routes(lab, 0).contains(&format!("src {gateway}"))
+                && tunnel_addresses(lab, 0).contains(&copy)
+                && lab.status(0).is_ok_and(|s| s.host_source_warning.is_none())
+        },
+    );
     let mut lost = Vec::new();
     let sealed = capture_while(&lab, || lost = host_pings(&lab, &[(0, 1), (1, 0)]));
     assert_eq!(lost, vec![], "{}", route_to_pod(&lab, 0, 1));
@@ -554,4 +611,118 @@ fn the_host_source_follows_the_cni_gateway_address() {
         sealed.plaintext
     );
     assert!(capture(&lab, &[(0, 1), (1, 0)]).encrypted());
+}
+
+/// Node `i`'s host connection to the Service's ClusterIP, answered or why not.
+fn host_to_service(lab: &Lab, i: usize) -> anyhow::Result<()> {
+    traffic::tcp_echo(
+        &lab.network.nodes[i].ns,
+        service::cluster_address(),
+        Duration::from_secs(2),
+    )
+}
+
+/// The addresses on node `i`'s tunnel link, as `ip` shows them.
+fn tunnel_addresses(lab: &Lab, i: usize) -> String {
+    lab.network.nodes[i]
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "wireseal0"])
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The node's own connection to a Service whose endpoint is a pod on another
+/// node, as a kube-apiserver calls an admission webhook or metrics-server
+/// through its ClusterIP. kube-proxy (played by nftables) DNATs it in output
+/// and masquerades it, since its source (the node's address, chosen for the
+/// ClusterIP) is outside the cluster CIDR; MASQUERADE takes the output
+/// device's address. wireseal puts the host source on its tunnel link, so
+/// that address is one the peer's WireGuard accepts.
+#[test]
+fn host_network_reaches_a_service_on_another_node_encrypted() {
+    let mut lab = lab(2, 1);
+    let endpoint =
+        std::net::SocketAddrV4::new(lab.network.nodes[1].pods[0].ip, service::TARGET_PORT);
+    let _server =
+        traffic::EchoServer::start(&lab.network.nodes[1].pods[0].ns, service::TARGET_PORT).unwrap();
+    for node in &lab.network.nodes {
+        service::install(&node.ns, endpoint).unwrap();
+    }
+    let mut answered = Ok(());
+    let plain = capture_while(&lab, || answered = host_to_service(&lab, 0));
+    if let Err(err) = &answered {
+        panic!("host → ClusterIP works over the CNI alone: {err:#}");
+    }
+    assert!(
+        plain.canary_frames > 0,
+        "without wireseal the canary must be visible: {plain}"
+    );
+
+    lab.start_wireseal().unwrap();
+    lab.wait_encrypted(UP).unwrap();
+    let gateway = pod_gateway(0);
+    eventually(&lab, "the host source on wireseal0", CONVERGE, |lab| {
+        tunnel_addresses(lab, 0).contains(&format!("inet {gateway}/32 scope global wireseal0"))
+    });
+    let text = lab.status_text(0).unwrap();
+    assert!(text.contains(&format!("host src {gateway}")), "{text}");
+    let sealed = capture_while(&lab, || answered = host_to_service(&lab, 0));
+    if let Err(err) = &answered {
+        panic!(
+            "host → ClusterIP → pod on another node failed with wireseal on: {err:#}\n{}\n{}\n{}",
+            tunnel_addresses(&lab, 0),
+            route_to_pod(&lab, 0, 1),
+            lab.logs(0)
+        );
+    }
+    assert!(
+        sealed.encrypted(),
+        "{sealed}; plaintext: {:?}",
+        sealed.plaintext
+    );
+    // A pod's connection to the ClusterIP keeps its own source (not
+    // masqueraded) and works too.
+    let pod = &lab.network.nodes[0].pods[0].ns;
+    traffic::tcp_echo(pod, service::cluster_address(), Duration::from_secs(2)).unwrap();
+
+    // The address is what makes it work. Node-0 as it was before it: the
+    // agent stopped (the datapath stays), the address taken off the link,
+    // and the route as it was (taking the link's last IPv4 address away
+    // made the kernel drop it). MASQUERADE then falls back to the node's
+    // address, which node-1's WireGuard drops: encrypted, never answered.
+    lab.stop_agent(0);
+    let ns = &lab.network.nodes[0].ns;
+    ns.ip(&["addr", "del", &format!("{gateway}/32"), "dev", "wireseal0"])
+        .unwrap();
+    let route = wireseal_lab::topology::pod_cidr(1);
+    ns.ip(&[
+        "route",
+        "replace",
+        &route,
+        "dev",
+        "wireseal0",
+        "table",
+        "51830",
+        "src",
+        &gateway.to_string(),
+        "mtu",
+        "1440",
+    ])
+    .unwrap();
+    let dropped = capture_while(&lab, || answered = host_to_service(&lab, 0));
+    assert!(
+        answered.is_err(),
+        "without the address on wireseal0 the peer must drop the masqueraded connection"
+    );
+    assert!(
+        dropped.plaintext_count == 0 && dropped.canary_frames == 0 && dropped.wireguard[3] > 0,
+        "it went into the tunnel: {dropped}; plaintext: {:?}",
+        dropped.plaintext
+    );
+    // The agent puts it back on start, and the Service answers again.
+    lab.start_agent(0).unwrap();
+    eventually(&lab, "the host source back on wireseal0", CONVERGE, |lab| {
+        tunnel_addresses(lab, 0).contains(&format!("inet {gateway}/32"))
+    });
+    host_to_service(&lab, 0).unwrap();
 }
