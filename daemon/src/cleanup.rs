@@ -1,7 +1,9 @@
 //! `wireseal cleanup`: removes what wireseal put on this node — its policy
 //! rules first (so traffic falls back to the CNI's routes at once), then its
-//! routes, then the datapath (the userspace process, whose TUN link goes with
-//! it, or the kernel link). The host source addresses on the link go with the
+//! routes, then, after the optional drain (`--drain`: peers not yet cleaned up
+//! still encrypt to this node, and the datapath keeps delivering that), the
+//! datapath (the userspace process, whose TUN link goes with it, or the
+//! kernel link). The host source addresses on the link go with the
 //! link; the same addresses on the CNI's devices are the CNI's and stay.
 //! The private key stays: a reinstall keeps the node's identity.
 #![allow(
@@ -59,6 +61,17 @@ pub async fn run(args: &CleanupArgs) -> Result<()> {
         );
     }
     let socket = args.uapi_dir.join(format!("{}.sock", args.interface));
+    let link = netlink
+        .link(&args.interface)
+        .await
+        .context("reading the tunnel link")?;
+    if args.drain > 0 && (link.is_some() || socket.exists()) {
+        println!(
+            "draining: the datapath stays up {} s for peers that still encrypt to this node",
+            args.drain
+        );
+        tokio::time::sleep(Duration::from_secs(args.drain)).await;
+    }
     if let Some(pid) = stop_userspace(&socket)? {
         println!("stopped the userspace datapath (pid {pid})");
     }

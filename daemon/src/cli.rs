@@ -58,6 +58,18 @@ pub struct CleanupArgs {
     /// Directory of the userspace datapath's UAPI socket.
     #[arg(long, default_value = "/var/run/wireguard", env = "WIRESEAL_UAPI_DIR")]
     pub uapi_dir: PathBuf,
+    /// Seconds to keep the datapath up once the rules and routes are gone.
+    /// Peers whose own cleanup has not run yet still encrypt to this node;
+    /// the datapath keeps delivering that traffic until they switch. When
+    /// every node is cleaned up at once (the cleanup DaemonSet), a drain
+    /// longer than their skew loses nothing.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 0,
+        env = "WIRESEAL_DRAIN"
+    )]
+    pub drain: u64,
 }
 
 #[derive(Debug, Args)]

@@ -370,11 +370,60 @@ impl Lab {
                 &run.to_string_lossy(),
             ],
         )?;
-        if let Some(mut tunnel) = self.procs[i].tunnel.take() {
-            // cleanup stopped it; reap it.
-            tunnel.stop(Duration::from_secs(5));
+        self.reap_tunnel(i);
+        Ok(())
+    }
+
+    /// Runs `wireseal cleanup --drain SECONDS` on every node, as the cleanup
+    /// DaemonSet does (after stopping the agents): each node's cleanup starts
+    /// `stagger` after the previous one's, as its pods start at different times.
+    ///
+    /// # Errors
+    /// When a cleanup cannot start or fails.
+    pub fn cleanup_all(&mut self, drain: Duration, stagger: Duration) -> Result<()> {
+        for i in 0..self.procs.len() {
+            self.stop_agent(i);
+        }
+        let drain = drain.as_secs().to_string();
+        let mut running = Vec::new();
+        for i in 0..self.procs.len() {
+            if i > 0 {
+                std::thread::sleep(stagger);
+            }
+            let run = self.node_dir(i).join("run");
+            let child = self.network.nodes[i]
+                .ns
+                .command(&self.wireseal.to_string_lossy())
+                .args(["cleanup", "--interface", INTERFACE, "--drain", &drain])
+                .arg("--uapi-dir")
+                .arg(&run)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting wireseal cleanup on node-{i}"))?;
+            running.push((i, child));
+        }
+        for (i, child) in running {
+            let out = child
+                .wait_with_output()
+                .with_context(|| format!("waiting for wireseal cleanup on node-{i}"))?;
+            if !out.status.success() {
+                bail!(
+                    "wireseal cleanup on node-{i} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            self.reap_tunnel(i);
         }
         Ok(())
+    }
+
+    /// Reaps node `i`'s userspace tunnel after a cleanup stopped it.
+    fn reap_tunnel(&mut self, i: usize) {
+        if let Some(mut tunnel) = self.procs[i].tunnel.take() {
+            tunnel.stop(Duration::from_secs(5));
+        }
     }
 
     /// Waits until every agent peers with every other node and every peer has
