@@ -84,8 +84,12 @@ impl UserspaceDatapath {
             .map_err(fail)
     }
 
+    /// Whether a process listens on the UAPI socket. A connection is enough:
+    /// the full `get=1` that follows in `observe` would report a process that
+    /// listens but does not answer, and reading the device here as well would
+    /// double each pass's largest read (about 2 MB at 5,000 peers).
     async fn answers(&self) -> bool {
-        self.exchange("get=1\n\n", "probe").await.is_ok()
+        UnixStream::connect(&self.socket).await.is_ok()
     }
 
     fn spawn_tunnel(&self, binary: &Path) -> Result<(), DatapathError> {
