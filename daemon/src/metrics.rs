@@ -37,6 +37,7 @@ struct Inner {
     reconciles: Family<ResultLabel, Counter>,
     peers_expected: Gauge,
     peers_encrypted: Gauge,
+    host_source_missing: Gauge,
 }
 
 impl Default for Metrics {
@@ -59,6 +60,7 @@ impl Metrics {
                 reconciles: Family::default(),
                 peers_expected: Gauge::default(),
                 peers_encrypted: Gauge::default(),
+                host_source_missing: Gauge::default(),
             }),
         }
     }
@@ -113,6 +115,9 @@ impl Metrics {
         self.inner
             .peers_encrypted
             .set(i64::try_from(current.encrypted()).unwrap_or(i64::MAX));
+        self.inner
+            .host_source_missing
+            .set(i64::from(current.host_source_warning.is_some()));
         let mut registry = Registry::with_prefix("wireseal");
         let inner = &self.inner;
         registry.register("nodes", "Nodes in the cluster", inner.nodes.clone());
@@ -147,6 +152,12 @@ impl Metrics {
             "Peers with a recent handshake",
             inner.peers_encrypted.clone(),
         );
+        registry.register(
+            "host_source_missing",
+            "1 when routes into the tunnel have no local source inside this node's pod CIDRs: \
+             traffic from the node itself to pods on other nodes is then dropped by the peers",
+            inner.host_source_missing.clone(),
+        );
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -157,5 +168,32 @@ impl Metrics {
 fn result(ok: bool) -> ResultLabel {
     ResultLabel {
         result: if ok { "ok" } else { "error" },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::AgentStatus;
+
+    #[test]
+    fn a_missing_host_source_is_a_metric() {
+        let metrics = Metrics::new();
+        let status = SharedStatus::default();
+        assert!(
+            metrics
+                .encode(&status)
+                .contains("\nwireseal_host_source_missing 0\n")
+        );
+        status.replace(AgentStatus {
+            host_source_warning: Some("no address in 10.244.0.0/24".into()),
+            ..AgentStatus::default()
+        });
+        let text = metrics.encode(&status);
+        assert!(
+            text.contains("\nwireseal_host_source_missing 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nwireseal_peers_expected 0\n"), "{text}");
     }
 }
