@@ -328,18 +328,23 @@ fn device(ns: &Netns) -> WgDevice {
     })
 }
 
-fn ping(ns: &Netns, args: &[&str]) -> Output {
-    Command::new("ip")
+/// `ping -n -q ARGS` inside `ns`.
+fn ping_command(ns: &Netns, args: &[&str]) -> Command {
+    let mut command = Command::new("ip");
+    command
         .args(["netns", "exec", ns.name(), "ping", "-n", "-q"])
-        .args(args)
+        .args(args);
+    command
+}
+
+fn ping(ns: &Netns, args: &[&str]) -> Output {
+    ping_command(ns, args)
         .output()
         .expect("ping (iputils-ping) must be on PATH")
 }
 
 fn spawn_ping(ns: &Netns, args: &[&str]) -> std::process::Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns.name(), "ping", "-n", "-q"])
-        .args(args)
+    ping_command(ns, args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("ping (iputils-ping) must be on PATH")

@@ -359,19 +359,26 @@ impl Lab {
     /// When the command fails.
     pub fn cleanup_node(&mut self, i: usize) -> Result<()> {
         self.stop_agent(i);
-        let run = self.node_dir(i).join("run");
-        self.network.nodes[i].ns.exec(
-            &self.wireseal.to_string_lossy(),
-            &[
-                "cleanup",
-                "--interface",
-                INTERFACE,
-                "--uapi-dir",
-                &run.to_string_lossy(),
-            ],
-        )?;
+        let out = self
+            .cleanup_command(i, Duration::ZERO)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running wireseal cleanup on node-{i}"))?;
         self.reap_tunnel(i);
-        Ok(())
+        check_cleanup(i, &out)
+    }
+
+    /// `wireseal cleanup --drain SECONDS` for node `i`, inside its namespace.
+    fn cleanup_command(&self, i: usize, drain: Duration) -> std::process::Command {
+        let mut command = self.network.nodes[i]
+            .ns
+            .command(&self.wireseal.to_string_lossy());
+        command
+            .args(["cleanup", "--interface", INTERFACE, "--drain"])
+            .arg(drain.as_secs().to_string())
+            .arg("--uapi-dir")
+            .arg(self.node_dir(i).join("run"));
+        command
     }
 
     /// Runs `wireseal cleanup --drain SECONDS` on every node, as the cleanup
@@ -384,19 +391,13 @@ impl Lab {
         for i in 0..self.procs.len() {
             self.stop_agent(i);
         }
-        let drain = drain.as_secs().to_string();
         let mut running = Vec::new();
         for i in 0..self.procs.len() {
             if i > 0 {
                 std::thread::sleep(stagger);
             }
-            let run = self.node_dir(i).join("run");
-            let child = self.network.nodes[i]
-                .ns
-                .command(&self.wireseal.to_string_lossy())
-                .args(["cleanup", "--interface", INTERFACE, "--drain", &drain])
-                .arg("--uapi-dir")
-                .arg(&run)
+            let child = self
+                .cleanup_command(i, drain)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -407,14 +408,8 @@ impl Lab {
             let out = child
                 .wait_with_output()
                 .with_context(|| format!("waiting for wireseal cleanup on node-{i}"))?;
-            if !out.status.success() {
-                bail!(
-                    "wireseal cleanup on node-{i} failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
             self.reap_tunnel(i);
+            check_cleanup(i, &out)?;
         }
         Ok(())
     }
@@ -556,4 +551,16 @@ pub fn cleanup_leftovers() -> Result<usize> {
         netns::ip(&["netns", "del", name])?;
     }
     Ok(names.len())
+}
+
+/// A failed `wireseal cleanup` as an error naming the node and its stderr.
+fn check_cleanup(i: usize, out: &std::process::Output) -> Result<()> {
+    if !out.status.success() {
+        bail!(
+            "wireseal cleanup on node-{i} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
