@@ -53,7 +53,7 @@ import time
 PREFIX = "wscp"
 IFACE = "wireseal0"
 TABLE, RULE_PRIORITY = 51830, 90  # the agent's defaults
-API_PORT, ADMIN_PORT, STATUS_PORT = 6443, 6444, 9830
+API_PORT, ADMIN_PORT, STATUS_PORT, METRICS_PORT = 6443, 6444, 9830, 9831
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CLONE_NEWNET = 0x40000000
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -215,8 +215,26 @@ def uapi_peer(answer, hexkey):
     return peer
 
 
-def http_req(port, method, path, body=None, ctype=None, timeout=30):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the agent's root-only status.sock)."""
+
+    def __init__(self, socket_path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+def http_req(target, method, path, body=None, ctype=None, timeout=30):
+    """A request to a TCP port on 127.0.0.1, or to a unix socket given by its path."""
+    if isinstance(target, str):
+        conn = UnixHTTPConnection(target, timeout)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", target, timeout=timeout)
     try:
         headers = {"Content-Type": ctype} if ctype else {}
         conn.request(method, path, body=body, headers=headers)
@@ -229,13 +247,13 @@ def http_req(port, method, path, body=None, ctype=None, timeout=30):
         conn.close()
 
 
-def agent_status():
-    return json.loads(http_req(STATUS_PORT, "GET", "/status"))
+def agent_status(state_dir):
+    return json.loads(http_req(os.path.join(state_dir, "status.sock"), "GET", "/status"))
 
 
 def reconciles():
     total = 0
-    for line in http_req(STATUS_PORT, "GET", "/metrics").decode().splitlines():
+    for line in http_req(METRICS_PORT, "GET", "/metrics").decode().splitlines():
         if line.startswith("wireseal_reconciles_total"):
             total += int(float(line.split()[-1]))
     return total
@@ -316,7 +334,7 @@ def msg(entry):
     return fields(entry).get("message", "")
 
 
-PLAN_KEYS = ["changes", "peers_upserted", "peers_removed", "routes_added",
+PLAN_KEYS = ["changes", "peers_upserted", "peers_removed", "routes_written",
              "routes_removed", "rules_added", "rules_removed", "awaiting_handshake"]
 
 
@@ -576,7 +594,12 @@ class SizeRun:
             "--datapath", "userspace", "--uapi-dir", self.uapi_dir,
             "--kubeconfig", self.kubeconfig, "--node-name", "self",
             "--state-dir", os.path.join(self.work, "state"),
-            "--status-addr", f"127.0.0.1:{STATUS_PORT}", "--resync-interval", "3600"],
+            "--status-addr", f"127.0.0.1:{STATUS_PORT}",
+            "--metrics-addr", f"127.0.0.1:{METRICS_PORT}", "--resync-interval", str(self.args.resync),
+            # The pod-cidrs changes below are overrides, honoured only inside
+            # the cluster's pod networks (bounded claims).
+            "--cluster-cidrs", "10.0.0.0/8",
+            "--persistent-keepalive", str(self.args.keepalive)],
             self.path("agent.log"), self.ns)
         entries, kernel_all = [], []
         # real tunnel: no handshake, so no route to wait for
@@ -608,7 +631,7 @@ class SizeRun:
                         pass
             if t["status"] is None:
                 try:
-                    st = agent_status()
+                    st = agent_status(os.path.join(self.work, "state"))
                     # fake tunnel: every peer counts as encrypted; real: only keyed
                     good = sum(1 for p in st["peers"]
                                if (p.get("encrypted") if self.fake else p.get("publicKey")))
@@ -681,6 +704,41 @@ class SizeRun:
                             "passes": reconciles() - r0, "log_lines": len(entries)}
         log(f"N={self.n}: idle {self.args.idle}s: agent CPU {self.res['idle']['agent_cpu_s']}s, "
             f"{self.res['idle']['passes']} passes")
+
+    # -- steady-state Node writes --
+
+    def node_writes(self):
+        """Successful writes (PATCH, PUT) to the agent's own Node so far."""
+        log_entries = json.loads(http_req(ADMIN_PORT, "GET", "/__fake/log"))
+        return sum(1 for e in log_entries
+                   if e["method"] in ("PATCH", "PUT") and 200 <= e["status"] < 300
+                   and e["path"].split("?")[0] in ("/api/v1/nodes/self",
+                                                   "/api/v1/nodes/self/status"))
+
+    def steady(self):
+        """Writes to its own Node by an agent with nothing to do, for longer than a
+        WireGuard session lives (its idle peers' sessions expire inside the window),
+        with periodic resyncs: every such write is a watch event for every agent in
+        the cluster. Expressed per hour."""
+        if self.args.steady <= 0:
+            return
+        # The agent resyncs every --resync seconds (the default, 30 s, as in
+        # production), so the window holds passes that would write if any did.
+        w0, c0 = self.node_writes(), time.monotonic()
+        r0 = reconciles()
+        deadline = c0 + self.args.steady
+        while time.monotonic() < deadline:
+            if not self.procs.alive("agent"):
+                raise RuntimeError(f"agent exited; see {self.path('agent.log')}")
+            time.sleep(1)
+        seconds = time.monotonic() - c0
+        writes = self.node_writes() - w0
+        self.res["steady"] = {"seconds": round(seconds, 1), "keepalive": self.args.keepalive,
+                              "writes": writes, "passes": reconciles() - r0,
+                              "per_hour": round(writes * 3600 / seconds, 2)}
+        log(f"N={self.n}: steady {seconds:.0f}s, keepalive {self.args.keepalive}s: "
+            f"{writes} Node writes ({self.res['steady']['per_hour']}/h), "
+            f"{self.res['steady']['passes']} passes")
 
     # -- changes --
 
@@ -819,7 +877,7 @@ class SizeRun:
         self.res["end"] = {"routes_in_table": len(routes), "routes_expected": len(want),
                            "routes_exact": routes == want, "rules": rules,
                            "mem_kB": self.mem(),
-                           "reconciles": [ln for ln in http_req(STATUS_PORT, "GET", "/metrics")
+                           "reconciles": [ln for ln in http_req(METRICS_PORT, "GET", "/metrics")
                                           .decode().splitlines()
                                           if ln.startswith("wireseal_reconciles")]}
 
@@ -846,6 +904,7 @@ def run_size(n, args, outdir, host_ns):
         size.setup(host_ns)
         size.initial_sync()
         size.idle()
+        size.steady()
         size.changes()
         size.finish()
     finally:
@@ -931,7 +990,7 @@ def render(summary, outdir):
         lines.append(
             f"| {r['nodes']} | {s['peers_s']} | {s['routes_s'] if s['routes_s'] is not None else '-'} "
             f"| {s['status_s']} | {lg['plans']} | {lg['plan']['peers_upserted']} "
-            f"| {lg['plan']['routes_added']} / {lg['plan']['rules_added']} "
+            f"| {lg['plan']['routes_written']} / {lg['plan']['rules_added']} "
             f"| {lg['netlink_writes']} | {kernel} "
             f"| {s['routes_in_table']} / {end['routes_in_table']} ({s['routes_expected']}, {exact}) "
             f"| {s['agent_cpu_s']:.2f} "
@@ -940,6 +999,18 @@ def render(summary, outdir):
             + ("" if fake else f"| {mib(mem['tunnel'].get('VmRSS'))} / "
                                f"{mib(mem['tunnel'].get('VmHWM'))} ")
             + f"| {100 * idle['agent_cpu_s'] / idle['seconds']:.1f}, {idle['passes']} |")
+    steady = [r for r in summary["sizes"] if "steady" in r]
+    if steady:
+        lines += ["", "## Steady-state Node writes", "",
+                  "The agent's writes to its own Node with nothing changing but time "
+                  "(idle sessions expire after 180 s without a keepalive; with one, the "
+                  "peers handshake every 120 s). Each is a watch event for every agent.", "",
+                  "| nodes | keepalive (s) | window (s) | passes | Node writes | per hour |",
+                  "|---|---|---|---|---|---|"]
+        for r in steady:
+            st = r["steady"]
+            lines.append(f"| {r['nodes']} | {st['keepalive']} | {st['seconds']} "
+                         f"| {st['passes']} | {st['writes']} | {st['per_hour']} |")
     lines += ["", "## Changes", "",
               "Times in ms from the API request (median / p90 / max). \"device\": the "
               "change is in the datapath; \"route\": the last kernel notification for the "
@@ -966,7 +1037,7 @@ def render(summary, outdir):
                 f"| {counts([c['passes'] for c in cs])} | {counts([c['plans'] for c in cs])} "
                 f"| {counts([c['plan']['peers_upserted'] for c in cs])} / "
                 f"{counts([c['plan']['peers_removed'] for c in cs])} "
-                f"| {counts([c['plan']['routes_added'] for c in cs])} / "
+                f"| {counts([c['plan']['routes_written'] for c in cs])} / "
                 f"{counts([c['plan']['routes_removed'] for c in cs])} "
                 f"| {counts([c['netlink_writes'] for c in cs])} "
                 f"| {counts([c['kernel']['route+'] for c in cs])} / "
@@ -1037,6 +1108,14 @@ def main():
     ap.add_argument("--idle", type=float, default=20.0, help="idle CPU window, s")
     ap.add_argument("--idle-wait", type=float, default=12.0,
                     help="wait after the sync before the idle window, s")
+    ap.add_argument("--keepalive", type=int, default=0,
+                    help="the agent's --persistent-keepalive, s (the fake tunnel's peers "
+                         "then handshake every 120 s)")
+    ap.add_argument("--resync", type=int, default=30,
+                    help="the agent's --resync-interval, s (runs before 2026-12-03 used 3600)")
+    ap.add_argument("--steady", type=float, default=240.0,
+                    help="window in which the agent's own Node writes are counted, s "
+                         "(longer than a session lives, 180 s); 0: skip")
     ap.add_argument("--gap", type=float, default=1.0, help="pause before each change, s")
     ap.add_argument("--quiet", type=float, default=1.0,
                     help="a change is over when nothing happened for this long, s")

@@ -10,10 +10,15 @@ It does what the agent needs from a userspace datapath and nothing else:
   https://www.wireguard.com/xplatform/), keeping the device and its peers in
   memory.
 
-It never sends a packet. Every peer reports a handshake completed at the moment
-of each `get=1`, as if every remote node answered at once: the agent's
+It never sends a packet. Every peer reports a handshake completed the moment
+it was added, as if every remote node answered at once: the agent's
 make-before-break gate (a peer's routes wait for its first handshake) opens on
 the agent's next pass, so routes and the policy rule are installed for real.
+After that each peer behaves as an idle WireGuard peer does: without a
+persistent keepalive its handshake only ages and its byte counters stay; with
+one it handshakes again every 120 s (REKEY_AFTER_TIME) and both counters grow
+by a keepalive (32 bytes on the wire) per interval. So the agent's steady
+state, idle sessions expiring included, is what it would be on real nodes.
 
 Each `set=1` is appended to `--events` as one JSON line (CLOCK_MONOTONIC time,
 the state of every peer it touched, the peers it removed), and each `get=1` as
@@ -41,6 +46,8 @@ IFF_TUN, IFF_NO_PI, IFF_UP = 0x0001, 0x1000, 0x1
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 EINVAL = 22
 ZERO_KEY = "0" * 64
+REKEY_AFTER = 120.0  # WireGuard's REKEY_AFTER_TIME, s
+KEEPALIVE_BYTES = 32  # a keepalive: an empty data message
 
 
 def open_tun(name):
@@ -108,7 +115,6 @@ class Device:
     def get(self):
         started = time.monotonic()
         now = time.time()
-        sec, nsec = int(now), int((now % 1) * 1e9)
         out = []
         with self.lock:
             if self.private_key:
@@ -117,8 +123,8 @@ class Device:
                 out.append(f"listen_port={self.listen_port}\n")
             if self.fwmark:
                 out.append(f"fwmark={self.fwmark}\n")
-            handshake = f"last_handshake_time_sec={sec}\nlast_handshake_time_nsec={nsec}\n"
-            out.extend(before + handshake + after for before, after in self.text.values())
+            out.extend(before + self.live(key, now) + after
+                       for key, (before, after) in self.text.items())
             peers = len(self.peers)
         out.append("errno=0\n\n")
         answer = "".join(out)
@@ -197,7 +203,8 @@ class Device:
                 continue
             if op.get("update_only") and key not in self.peers:
                 continue
-            peer = self.peers.setdefault(key, {"endpoint": None, "keepalive": 0, "allowed": []})
+            peer = self.peers.setdefault(key, {"endpoint": None, "keepalive": 0, "allowed": [],
+                                               "added": time.time()})
             removed.discard(key)
             touched.add(key)
             if "endpoint" in op:
@@ -220,12 +227,26 @@ class Device:
             self.text[key] = self.render(key, self.peers[key])
         return touched, removed
 
+    def live(self, key, now):
+        """The lines that change with time: the last handshake and the counters."""
+        peer = self.peers[key]
+        age = max(0.0, now - peer["added"])
+        keepalive = peer["keepalive"]
+        if keepalive:
+            handshake = peer["added"] + (age // REKEY_AFTER) * REKEY_AFTER
+            moved = KEEPALIVE_BYTES * int(age // keepalive)
+        else:
+            handshake, moved = peer["added"], 0
+        return (f"last_handshake_time_sec={int(handshake)}\n"
+                f"last_handshake_time_nsec={int((handshake % 1) * 1e9)}\n"
+                f"tx_bytes={moved}\nrx_bytes={moved}\n")
+
     @staticmethod
     def render(key, peer):
         before = f"public_key={key}\nprotocol_version=1\n"
         if peer["endpoint"]:
             before += f"endpoint={peer['endpoint']}\n"
-        after = (f"tx_bytes=0\nrx_bytes=0\npersistent_keepalive_interval={peer['keepalive']}\n"
+        after = (f"persistent_keepalive_interval={peer['keepalive']}\n"
                  + "".join(f"allowed_ip={ip}\n" for ip in peer["allowed"]))
         return before, after
 

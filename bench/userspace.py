@@ -456,7 +456,7 @@ def versions(args):
     dpkg = run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "iperf3",
                 "wireguard-tools", "wireguard-go", "iproute2", "iputils-ping"],
                check=False).stdout.split("\n")
-    paths = ["daemon/tunnel", "Cargo.lock", "Cargo.toml"]
+    paths = ["tunnel", "Cargo.lock", "Cargo.toml"]
     git = first_line(["git", "-C", REPO, "log", "-1", "--format=%H", "--", *paths])
     dirty = run(["git", "-C", REPO, "status", "--porcelain", "--", *paths],
                 check=False).stdout.strip()
@@ -467,7 +467,7 @@ def versions(args):
         "boringtun-cli": first_line([args.boringtun, "--version"]),
         "rustc": first_line(["rustc", "--version"]),
         "wireseal-tunnel": f"{args.wireseal}, release build of the last commit touching "
-                           f"daemon/tunnel or Cargo.* {git}{' (dirty)' if dirty else ''}",
+                           f"tunnel or Cargo.* {git}{' (dirty)' if dirty else ''}",
         "debian-packages": [d for d in dpkg if d],
         "python": platform.python_version(),
     }

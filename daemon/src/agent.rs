@@ -13,15 +13,20 @@ use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use wireseal_keymgr::{KeyOrigin, KeyStore};
-use wireseal_netlink::{Change, Monitor, Netlink, is_link_local};
+use wireseal_netlink::{Change, Monitor, Netlink, RoutingIds, is_link_local};
 
+use crate::channels::{ClusterView, Outputs};
+use crate::cli::DatapathChoice;
 use crate::config::Config;
 use crate::datapath::Datapath as _;
 use crate::datapath::any::{self, AnyDatapath, AnyRouting, UserspaceSettings};
 use crate::datapath::netlink_routing::NetlinkRouting;
-use crate::k8s::{self, ClusterView};
+use crate::k8s;
+use crate::leaks::Leaks;
+use crate::lockdown;
 use crate::metrics::Metrics;
-use crate::reconcile::{Outputs, Reconciler, Timing};
+use crate::reconcile::{Reconciler, Timing};
+use crate::rotation::Rotation;
 use crate::status::SharedStatus;
 
 /// Runs the agent.
@@ -40,24 +45,33 @@ pub async fn run(config: Config) -> Result<()> {
         path = %store.path().display(),
         "node key ready"
     );
+    // Every listener before anything that can take time (the API server), so a
+    // taken port stops the agent at once with a line naming it.
+    let listeners = crate::http::Listeners::bind(&config).await?;
 
-    let client = k8s::client(config.kubeconfig.as_deref()).await?;
+    let ids = RoutingIds {
+        table: config.route_table,
+        priority: config.rule_priority,
+        catch_all_table: config.catch_all_table,
+    };
+    if config.strict.is_some() && config.datapath != DatapathChoice::Memory {
+        // Before anything that can take time or fail (the API server).
+        let netlink = Netlink::connect().context("opening rtnetlink")?;
+        let mut routing = NetlinkRouting::new(netlink, ids, config.fwmark);
+        lockdown::lock_down(&mut routing, &config).await;
+    }
+
+    let (client, api_server) = k8s::client(config.kubeconfig.as_deref()).await?;
+    info!(addresses = ?api_server, "API server addresses kept out of the tunnel");
     let nodes_api: Api<Node> = Api::all(client.clone());
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_per_peer(config.per_peer_metrics);
     let status = SharedStatus::default();
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
     let (outputs_tx, outputs_rx) = watch::channel(Outputs::default());
     let (triggers_tx, triggers) = mpsc::channel(16);
 
-    let (_, serving) = crate::http::serve(
-        config.status_addr,
-        status.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    tokio::spawn(serving);
+    listeners.serve(&status, &metrics, &shutdown);
     let watch_config = watcher::Config::default().timeout(config.watch_timeout_secs);
     tokio::spawn(k8s::watch_nodes(
         nodes_api.clone(),
@@ -65,6 +79,12 @@ pub async fn run(config: Config) -> Result<()> {
         watch_config,
         view_tx,
         metrics.clone(),
+    ));
+    tokio::spawn(k8s::taint::clear_not_ready_taint(
+        nodes_api.clone(),
+        config.node_name.clone(),
+        outputs_rx.clone(),
+        view_rx.clone(),
     ));
     tokio::spawn(k8s::publish::publish_own(
         nodes_api,
@@ -88,6 +108,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     let timing = Timing {
         resync: Duration::from_secs(config.resync_secs),
+        status_hold: Duration::from_secs(config.status_hold_secs),
         ..Timing::default()
     };
     let userspace = UserspaceSettings {
@@ -96,33 +117,41 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let (datapath, reason) = any::select(config.datapath, &config.interface, &userspace).await?;
     info!(datapath = %datapath.kind(), reason = %reason, memory = matches!(datapath, AnyDatapath::Memory(_)), "datapath chosen");
+    let leaks = match &datapath {
+        AnyDatapath::Memory(_) => Leaks::disabled("not counted with the in-memory datapath"),
+        AnyDatapath::Kernel(_) | AnyDatapath::Userspace(_) => Leaks::for_tunnel(&config.interface),
+    };
     let routing = match &datapath {
         AnyDatapath::Memory(node) => AnyRouting::Memory(node.clone()),
         AnyDatapath::Kernel(_) | AnyDatapath::Userspace(_) => {
-            spawn_netlink_triggers(triggers_tx, config.route_table);
+            spawn_netlink_triggers(triggers_tx, [config.route_table, config.catch_all_table]);
             let netlink = Netlink::connect().context("opening rtnetlink")?;
-            AnyRouting::Netlink(NetlinkRouting::new(
-                netlink,
-                config.route_table,
-                config.fwmark,
-            ))
+            AnyRouting::Netlink(NetlinkRouting::new(netlink, ids, config.fwmark))
         }
     };
+    let rotation = Rotation::new(
+        store,
+        config.key_rotation_interval,
+        config.key_rotation_lead,
+    );
     Reconciler::new(
         config, key, datapath, routing, view_rx, outputs_tx, status, timing,
     )
     .with_metrics(metrics)
+    .with_leaks(leaks)
+    .with_protected(api_server)
+    .with_rotation(rotation)
     .run(triggers, shutdown)
     .await;
     Ok(())
 }
 
-/// Someone deleting wireseal's route or rule, or the tunnel link changing,
+/// Someone deleting wireseal's route, catch-all or rule, or the tunnel link changing,
 /// triggers a pass that puts things back; an address coming or going (the
 /// CNI's gateway, the routes' preferred source) triggers one that follows it.
 /// Changes to other tables, and link-local addresses (never a source), are
 /// ignored.
-fn spawn_netlink_triggers(triggers: mpsc::Sender<()>, table: u32) {
+fn spawn_netlink_triggers(triggers: mpsc::Sender<()>, tables: [u32; 2]) {
     tokio::spawn(async move {
         loop {
             let mut monitor = match Monitor::subscribe() {
@@ -135,7 +164,7 @@ fn spawn_netlink_triggers(triggers: mpsc::Sender<()>, table: u32) {
             };
             while let Some(change) = monitor.next().await {
                 let relevant = match change {
-                    Change::Route { table: changed } => changed == table,
+                    Change::Route { table: changed } => tables.contains(&changed),
                     Change::Address {
                         address: Some(address),
                         ..

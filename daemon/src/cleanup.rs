@@ -1,10 +1,13 @@
 //! `wireseal cleanup`: removes what wireseal put on this node — its policy
-//! rules first (so traffic falls back to the CNI's routes at once), then its
-//! routes, then, after the optional drain (`--drain`: peers not yet cleaned up
+//! rules first, the tunnel table's then the catch-all table's (so traffic
+//! falls back to the CNI's routes at once, strict mode's blackholes
+//! included), then its routes and catch-alls, then, after the optional drain (`--drain`: peers not yet cleaned up
 //! still encrypt to this node, and the datapath keeps delivering that), the
 //! datapath (the userspace process, whose TUN link goes with it, or the
 //! kernel link). The host source addresses on the link go with the
 //! link; the same addresses on the CNI's devices are the CNI's and stay.
+//! Last the leak counter's `nftables` table goes (the agent leaves it in
+//! place when it stops, so leaks while it is down are counted).
 //! The private key stays: a reinstall keeps the node's identity.
 #![allow(
     clippy::print_stdout,
@@ -20,6 +23,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::Pid;
 use wireseal_netlink::Netlink;
+use wireseal_netlink::nftables::{LEAK_TABLE, LeakCounter};
 
 use crate::cli::CleanupArgs;
 
@@ -29,37 +33,39 @@ use crate::cli::CleanupArgs;
 /// When netlink cannot be opened or a removal fails.
 pub async fn run(args: &CleanupArgs) -> Result<()> {
     let netlink = Netlink::connect().context("opening rtnetlink")?;
-    let rules = netlink
-        .rules(args.rule_priority, args.route_table)
-        .await
-        .context("reading wireseal's rules")?;
-    for rule in &rules.ours {
-        netlink
-            .delete_rule(rule)
+    let catch_all_priority = args.rule_priority.saturating_add(1);
+    for (priority, table) in [
+        (args.rule_priority, args.route_table),
+        (catch_all_priority, args.catch_all_table),
+    ] {
+        let rules = netlink
+            .rules(priority, table)
             .await
-            .with_context(|| format!("removing rule {rule:?}"))?;
-        println!(
-            "removed rule: not fwmark {:#x} lookup {} priority {} ({})",
-            rule.fwmark, rule.table, rule.priority, rule.family
-        );
+            .context("reading wireseal's rules")?;
+        for rule in &rules.ours {
+            netlink
+                .delete_rule(rule)
+                .await
+                .with_context(|| format!("removing rule {rule}"))?;
+            println!("removed rule: {rule}");
+        }
     }
     let routes = netlink
         .routes(args.route_table)
         .await
         .context("reading wireseal's routes")?;
-    for dst in routes.keys() {
-        netlink
-            .delete_route(*dst, args.route_table)
-            .await
-            .with_context(|| format!("removing route {dst}"))?;
-    }
-    if !routes.is_empty() {
-        println!(
-            "removed {} route(s) from table {}",
-            routes.len(),
-            args.route_table
-        );
-    }
+    remove_all(&netlink, routes.keys(), args.route_table, "route").await?;
+    let catch_alls = netlink
+        .catch_alls(args.catch_all_table)
+        .await
+        .context("reading wireseal's catch-alls")?;
+    remove_all(
+        &netlink,
+        catch_alls.keys(),
+        args.catch_all_table,
+        "catch-all",
+    )
+    .await?;
     let socket = args.uapi_dir.join(format!("{}.sock", args.interface));
     let link = netlink
         .link(&args.interface)
@@ -87,7 +93,45 @@ pub async fn run(args: &CleanupArgs) -> Result<()> {
             .with_context(|| format!("removing link {}", args.interface))?;
         println!("removed link {}", args.interface);
     }
+    remove_leak_counter(&args.interface).await?;
     println!("wireseal is off this node; the CNI's own routes carry pod traffic again");
+    Ok(())
+}
+
+/// Deletes the leak counter's table; a kernel without `nftables` has none.
+async fn remove_leak_counter(interface: &str) -> Result<()> {
+    let removed = match LeakCounter::open(interface) {
+        Ok(mut counter) => counter.remove().await,
+        Err(err) => Err(err),
+    };
+    match removed {
+        Ok(true) => println!("removed nftables table inet {LEAK_TABLE} (the leak counter)"),
+        Ok(false) => {}
+        Err(err) if err.unsupported() => {}
+        Err(err) => {
+            return Err(err).context("removing the leak counter's nftables table inet wireseal");
+        }
+    }
+    Ok(())
+}
+
+/// Removes the routes to `dsts` from `table`, and says how many went.
+async fn remove_all(
+    netlink: &Netlink,
+    dsts: impl ExactSizeIterator<Item = &ipnetwork::IpNetwork>,
+    table: u32,
+    what: &str,
+) -> Result<()> {
+    let count = dsts.len();
+    for dst in dsts {
+        netlink
+            .delete_route(*dst, table)
+            .await
+            .with_context(|| format!("removing {what} {dst}"))?;
+    }
+    if count > 0 {
+        println!("removed {count} {what}(s) from table {table}");
+    }
     Ok(())
 }
 

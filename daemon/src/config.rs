@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use ipnetwork::IpNetwork;
 use thiserror::Error;
 
 use crate::cli::{AgentArgs, DatapathChoice};
@@ -61,6 +62,15 @@ pub struct Config {
     pub route_table: u32,
     /// Priority of wireseal's policy rules.
     pub rule_priority: u32,
+    /// The cluster's pod networks; empty when not given.
+    pub cluster_cidrs: Vec<IpNetwork>,
+    /// Networks peer endpoints must lie in; empty: any.
+    pub peer_endpoint_cidrs: Vec<IpNetwork>,
+    /// Strict mode, when on.
+    pub strict: Option<StrictConfig>,
+    /// Routing table of strict mode's catch-alls. Read also when strict mode
+    /// is off, so that turning it off removes them.
+    pub catch_all_table: u32,
     /// Persistent keepalive in seconds, if any.
     pub persistent_keepalive: Option<u16>,
     /// Directory of the userspace datapath's UAPI socket.
@@ -69,10 +79,27 @@ pub struct Config {
     pub spawn_tunnel: Option<PathBuf>,
     /// Status endpoint address.
     pub status_addr: SocketAddr,
+    /// The /metrics endpoint's address; `None`: no metrics listener.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Export the per-peer metrics.
+    pub per_peer_metrics: bool,
     /// Seconds between periodic reconcile passes.
     pub resync_secs: u64,
     /// Seconds a Node watch lasts before the server ends it.
     pub watch_timeout_secs: u32,
+    /// Seconds a worse encryption state holds before it is published.
+    pub status_hold_secs: u64,
+    /// Rotate the key once it is this old (`--key-rotation-interval`); `None`: never.
+    pub key_rotation_interval: Option<std::time::Duration>,
+    /// Between announcing a next key and switching to it.
+    pub key_rotation_lead: std::time::Duration,
+}
+
+/// Strict mode's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrictConfig {
+    /// Ranges let through in clear when no peer covers them.
+    pub exclude: Vec<IpNetwork>,
 }
 
 /// A flag value that cannot be used, naming the flag and its environment variable.
@@ -159,12 +186,45 @@ impl Config {
                 "tables 0, 253 (default), 254 (main) and 255 (local) belong to the kernel",
             ));
         }
-        if args.rule_priority == 0 || args.rule_priority >= MAIN_RULE_PRIORITY {
+        // Strict mode's catch-all rule takes the next priority: both must come
+        // before the main table's rule.
+        if args.rule_priority == 0 || args.rule_priority >= MAIN_RULE_PRIORITY - 1 {
             return Err(invalid(
                 "rule-priority",
                 "RULE_PRIORITY",
                 args.rule_priority,
-                "must be between 1 and 32765: after the local table's rule 0 and before the main table's 32766",
+                "must be between 1 and 32764: after the local table's rule 0, and with the \
+                 catch-all rule (one more) before the main table's 32766",
+            ));
+        }
+        if RESERVED_TABLES.contains(&args.catch_all_table)
+            || args.catch_all_table == args.route_table
+        {
+            return Err(invalid(
+                "catch-all-table",
+                "CATCH_ALL_TABLE",
+                args.catch_all_table,
+                "must be a table of its own: not the route table, nor 0, 253, 254 or 255",
+            ));
+        }
+        let cluster_cidrs = parse_cidrs("cluster-cidrs", "CLUSTER_CIDRS", &args.cluster_cidrs)?;
+        for cidr in &cluster_cidrs {
+            if cidr.prefix() == 0 {
+                return Err(invalid(
+                    "cluster-cidrs",
+                    "CLUSTER_CIDRS",
+                    cidr,
+                    "a default route is not a pod network",
+                ));
+            }
+        }
+        let exclude = parse_cidrs("strict-exclude", "STRICT_EXCLUDE", &args.strict_exclude)?;
+        if !exclude.is_empty() && !args.strict {
+            return Err(invalid(
+                "strict-exclude",
+                "STRICT_EXCLUDE",
+                args.strict_exclude.join(","),
+                "only means something with --strict",
             ));
         }
         Ok(Self {
@@ -179,13 +239,31 @@ impl Config {
             fwmark: parse_fwmark(&args.fwmark)?,
             route_table: args.route_table,
             rule_priority: args.rule_priority,
+            cluster_cidrs,
+            peer_endpoint_cidrs: parse_cidrs(
+                "peer-endpoint-cidrs",
+                "PEER_ENDPOINT_CIDRS",
+                &args.peer_endpoint_cidrs,
+            )?,
+            strict: args.strict.then_some(StrictConfig { exclude }),
+            catch_all_table: args.catch_all_table,
             persistent_keepalive: (args.persistent_keepalive != 0)
                 .then_some(args.persistent_keepalive),
             uapi_dir: args.uapi_dir.clone(),
             spawn_tunnel: args.spawn_tunnel.clone(),
             status_addr: args.status_addr,
+            metrics_addr: args.metrics_addr.0,
+            per_peer_metrics: args.per_peer_metrics,
             resync_secs: args.resync_interval,
             watch_timeout_secs: args.watch_timeout,
+            status_hold_secs: args.status_hold,
+            key_rotation_interval: (args.key_rotation_interval != 0)
+                .then(|| std::time::Duration::from_secs(args.key_rotation_interval)),
+            key_rotation_lead: std::time::Duration::from_secs(if args.key_rotation_lead == 0 {
+                (2 * args.resync_interval).max(60)
+            } else {
+                args.key_rotation_lead
+            }),
         })
     }
 }
@@ -271,6 +349,40 @@ fn parse_fwmark(value: &str) -> Result<u32, ConfigError> {
     }
 }
 
+/// A list of networks (host bits must be clear: a typo, not a network).
+fn parse_cidrs(
+    flag: &'static str,
+    env: &'static str,
+    values: &[String],
+) -> Result<Vec<IpNetwork>, ConfigError> {
+    let items: Vec<&str> = values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let cidr = IpNetwork::from_str(item)
+            .ok()
+            .filter(|_| item.contains('/'))
+            .ok_or_else(|| invalid(flag, env, item, "not a CIDR (address/prefix-length)"))?;
+        if cidr.network() != cidr.ip() {
+            return Err(invalid(
+                flag,
+                env,
+                item,
+                format!(
+                    "host bits set; the network is {}/{}",
+                    cidr.network(),
+                    cidr.prefix()
+                ),
+            ));
+        }
+        out.push(cidr);
+    }
+    Ok(out)
+}
+
 fn parse_endpoint(value: Option<&str>) -> Result<EndpointSetting, ConfigError> {
     let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(EndpointSetting::Auto);
@@ -312,6 +424,52 @@ mod tests {
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/wireseal"));
         assert_eq!(config.endpoint, EndpointSetting::Auto);
         assert_eq!(config.persistent_keepalive, None);
+        assert_eq!(config.strict, None, "strict mode is opt-in");
+        assert!(config.cluster_cidrs.is_empty());
+    }
+
+    #[test]
+    fn strict_mode_and_bounds() {
+        let config = parse(&[
+            "--node-name=n1",
+            "--strict",
+            "--cluster-cidrs=10.244.0.0/16, fd00:244::/48",
+            "--strict-exclude=10.244.250.0/24",
+            "--peer-endpoint-cidrs=192.0.2.0/24",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.strict,
+            Some(StrictConfig {
+                exclude: vec!["10.244.250.0/24".parse().unwrap()],
+            })
+        );
+        assert_eq!(config.cluster_cidrs.len(), 2);
+        assert_eq!(config.peer_endpoint_cidrs.len(), 1);
+        for (args, expect) in [
+            (
+                &["--node-name=n1", "--cluster-cidrs=10.244.0.1/16"][..],
+                "--cluster-cidrs (WIRESEAL_CLUSTER_CIDRS) = \"10.244.0.1/16\": host bits set; the network is 10.244.0.0/16",
+            ),
+            (
+                &["--node-name=n1", "--cluster-cidrs=10.244.0.0"][..],
+                "--cluster-cidrs (WIRESEAL_CLUSTER_CIDRS) = \"10.244.0.0\": not a CIDR (address/prefix-length)",
+            ),
+            (
+                &["--node-name=n1", "--cluster-cidrs=0.0.0.0/0"][..],
+                "--cluster-cidrs (WIRESEAL_CLUSTER_CIDRS) = \"0.0.0.0/0\": a default route is not a pod network",
+            ),
+            (
+                &["--node-name=n1", "--strict-exclude=10.0.0.0/8"][..],
+                "--strict-exclude (WIRESEAL_STRICT_EXCLUDE) = \"10.0.0.0/8\": only means something with --strict",
+            ),
+            (
+                &["--node-name=n1", "--catch-all-table=51830"][..],
+                "--catch-all-table (WIRESEAL_CATCH_ALL_TABLE) = \"51830\": must be a table of its own: not the route table, nor 0, 253, 254 or 255",
+            ),
+        ] {
+            assert_eq!(parse(args).unwrap_err().to_string(), expect);
+        }
     }
 
     #[test]

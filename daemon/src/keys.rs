@@ -20,6 +20,16 @@ pub fn run(args: &KeysArgs) -> Result<()> {
             let (key, _) = store.load_or_create().context("creating the node key")?;
             println!("{}", key.public_key());
         }
+        KeysCommand::Rotate => {
+            if store.load().context("reading the current key")?.is_none() {
+                anyhow::bail!(
+                    "no key at {}: nothing to rotate (the agent creates it on its first start)",
+                    store.path().display()
+                );
+            }
+            let (key, _) = store.create_next().context("creating the next key")?;
+            println!("{}", key.public_key());
+        }
         KeysCommand::Generate { next: true } => {
             let (key, _) = store.create_next().context("creating the next key")?;
             println!("{}", key.public_key());

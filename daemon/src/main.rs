@@ -8,29 +8,54 @@ use tracing_subscriber::EnvFilter;
 
 use wireseal::cli::{Cli, Command, LogFormat};
 use wireseal::config::Config;
-use wireseal::{agent, cleanup, keys, status_cmd};
+use wireseal::{agent, cleanup, keys, status_cmd, verify};
 
 fn main() -> ExitCode {
+    // Before any key is read: no core dump, no ptrace by the same user.
+    if let Err(err) = wireseal_keymgr::harden_process() {
+        #[allow(clippy::print_stderr, reason = "no logger yet")]
+        {
+            eprintln!("error: making the process non-dumpable: {err}");
+        }
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
+    let agent = matches!(cli.command, Command::Agent(_));
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        Ok(code) => code,
+        // The agent's end is a log line like the rest of its logs; a
+        // command's is a plain line with the cause chain, for a person.
+        Err(err) if agent => {
             tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            #[allow(clippy::print_stderr, reason = "a command's error is its output")]
+            {
+                // An error can quote a value read from a Node.
+                eprintln!(
+                    "error: {}",
+                    status_cmd::printable_lines(&format!("{err:#}"))
+                );
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command) -> Result<ExitCode> {
+    let done = |()| ExitCode::SUCCESS;
     match command {
-        Command::Keys(args) => keys::run(&args),
+        Command::Verify(args) => verify::run(&args),
         Command::Status(args) => status_cmd::run(&args),
+        Command::Keys(args) => keys::run(&args).map(done),
         Command::Cleanup(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")?
-            .block_on(cleanup::run(&args)),
+            .block_on(cleanup::run(&args))
+            .map(done),
         Command::Agent(args) => {
             let config = Config::from_args(&args, std::env::var("NODE_NAME").ok())?;
             tracing::info!(node = %config.node_name, interface = %config.interface, "starting");
@@ -40,6 +65,7 @@ fn run(command: Command) -> Result<()> {
                 .build()
                 .context("starting the async runtime")?
                 .block_on(agent::run(config))
+                .map(done)
         }
     }
 }

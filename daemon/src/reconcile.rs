@@ -7,33 +7,38 @@
 //! node keeps what it has.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use wireseal_core::annotation::{self, NodeStatus};
+use wireseal_core::rotation::next_switch;
 use wireseal_core::state::{Family, tunnel_mtu};
 use wireseal_core::{
-    Desired, MeshConfig, ObservedState, Plan, PublicKey, desired, gate_routes, plan,
+    CatchAll, Desired, LinkSpec, MeshConfig, ObservedState, PeerConfig, PublicKey, Strict, desired,
+    gate_routes, plan,
 };
 use wireseal_keymgr::PrivateKey;
 
-use crate::config::{Config, EndpointSetting, MtuSetting};
-use crate::datapath::{Datapath, DatapathError, NodeAddresses, PeerStats, Routing, RoutingPhase};
-use crate::k8s::ClusterView;
+use crate::channels::{ClusterView, Outputs};
+use crate::config::{Config, MtuSetting};
+use crate::datapath::{Datapath, NodeAddresses, Routing, execute};
+use crate::leaks::{self, Leaks};
+use crate::lockdown;
 use crate::metrics::Metrics;
-use crate::status::{AgentStatus, PeerStatus, SharedStatus};
-
-/// A peer counts as encrypted when its last handshake is at most this old.
-/// WireGuard re-handshakes every 2 minutes on an active session; 3 minutes
-/// leaves room for an idle peer's keepalive-less session to still be counted.
-pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
+use crate::report::{PassReport, Reporter, Warnings, pod_link_exclusions};
+use crate::rotation::Rotation;
+use crate::status::SharedStatus;
 
 /// First re-check while peers await a handshake, doubling up to the maximum.
 const HANDSHAKE_POLL: Duration = Duration::from_millis(100);
 const HANDSHAKE_POLL_MAX: Duration = Duration::from_secs(5);
+
+/// How long after a switch the userspace datapath still answers handshakes
+/// to the previous key: as long as a WireGuard session lives (180 s), so a
+/// peer that has not switched yet keeps its session.
+const ALTERNATE_GRACE: Duration = Duration::from_secs(180);
 
 /// Most endpoints whose underlay path is looked up per pass.
 const MAX_PATH_LOOKUPS: usize = 32;
@@ -50,6 +55,9 @@ pub struct Timing {
     pub debounce: Duration,
     /// Retry after a failed pass.
     pub retry: Duration,
+    /// How long a worse state (fewer peers encrypted, a failure) must hold
+    /// before it is written to the Node for every agent to receive.
+    pub status_hold: Duration,
 }
 
 impl Default for Timing {
@@ -58,17 +66,9 @@ impl Default for Timing {
             resync: Duration::from_secs(30),
             debounce: Duration::from_millis(100),
             retry: Duration::from_secs(2),
+            status_hold: Duration::from_secs(30),
         }
     }
-}
-
-/// What the loop publishes for the Kubernetes side.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Outputs {
-    /// The annotations this node should carry (key, endpoint, status).
-    pub own_annotations: Option<BTreeMap<String, String>>,
-    /// Per remote node, the readable problems with its inputs.
-    pub problems: BTreeMap<String, Vec<String>>,
 }
 
 /// The reconcile loop and everything it owns.
@@ -78,15 +78,28 @@ pub struct Reconciler<D, R> {
     datapath: D,
     routing: R,
     nodes: watch::Receiver<Arc<ClusterView>>,
-    outputs: watch::Sender<Outputs>,
-    status: SharedStatus,
+    reporter: Reporter,
     timing: Timing,
     metrics: Metrics,
-    mtu_warning: Option<String>,
-    /// The preferred sources of the last pass, and its warning when a family
-    /// had none: each logged when it changes, not on every pass.
-    host_sources: BTreeMap<Family, IpAddr>,
-    host_source_warning: Option<String>,
+    /// Addresses that never enter the tunnel besides the nodes' own: the API
+    /// server's, as the agent reaches it.
+    protected: BTreeSet<IpAddr>,
+    /// Strict mode's catch-alls as last kept in the state directory.
+    kept: Option<BTreeMap<ipnetwork::IpNetwork, CatchAll>>,
+    /// This node's key rotation, when the agent manages one.
+    rotation: Option<Rotation>,
+    /// When the last pass wants the next one: a switch time, this node's or
+    /// a peer's, still ahead.
+    switch_wake: Option<tokio::time::Instant>,
+    /// The key this node switched from, and until when the datapath still
+    /// answers handshakes to it (peers that have not switched yet).
+    previous_key: Option<(PrivateKey, tokio::time::Instant)>,
+    /// Whether the datapath may hold an alternate key: true at start, so the
+    /// first pass removes one a previous run left (a retired key must not
+    /// stay answered).
+    alternate_set: bool,
+    /// The kernel's count of pod packets leaving outside the tunnel.
+    leaks: Leaks,
 }
 
 impl<D: Datapath, R: Routing> Reconciler<D, R> {
@@ -111,14 +124,40 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             datapath,
             routing,
             nodes,
-            outputs,
-            status,
+            reporter: Reporter::new(outputs, status, timing.status_hold),
             timing,
             metrics: Metrics::new(),
-            mtu_warning: None,
-            host_sources: BTreeMap::new(),
-            host_source_warning: None,
+            protected: BTreeSet::new(),
+            kept: None,
+            rotation: None,
+            switch_wake: None,
+            previous_key: None,
+            alternate_set: true,
+            leaks: Leaks::disabled("not counted by this datapath"),
         }
+    }
+
+    /// Rotates this node's key as `rotation` says (announce, then switch).
+    #[must_use]
+    pub fn with_rotation(mut self, rotation: Rotation) -> Self {
+        self.rotation = Some(rotation);
+        self
+    }
+
+    /// Keeps traffic to these addresses (the API server's) out of the
+    /// tunnel, whatever a node claims: the agent must always reach the API
+    /// server, or it would never see a hostile Node's deletion.
+    #[must_use]
+    pub fn with_protected(mut self, addresses: BTreeSet<IpAddr>) -> Self {
+        self.protected = addresses;
+        self
+    }
+
+    /// Keeps the leak counter with every pass.
+    #[must_use]
+    pub fn with_leaks(mut self, leaks: Leaks) -> Self {
+        self.leaks = leaks;
+        self
     }
 
     /// Counts passes in `metrics`.
@@ -146,6 +185,12 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                     None => std::future::pending().await,
                 }
             };
+            let switch = async {
+                match self.switch_wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.changed() => break,
                 changed = self.nodes.changed() => {
@@ -160,9 +205,11 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 }
                 _ = resync.tick() => {}
                 () = retry => {}
+                () = switch => {}
             }
+            let started = std::time::Instant::now();
             let result = self.pass().await;
-            self.metrics.reconcile(result.is_ok());
+            self.metrics.reconcile(result.is_ok(), started.elapsed());
             retry_at = match result {
                 Ok(0) => {
                     handshake_wait = HANDSHAKE_POLL;
@@ -188,7 +235,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
     /// their first handshake (their traffic keeps the CNI's path meanwhile).
     ///
     /// # Errors
-    /// The first failure to observe, or every failure to apply.
+    /// The first failure to observe, or every step that failed to apply.
     pub async fn pass(&mut self) -> Result<usize, anyhow::Error> {
         let view = self.nodes.borrow_and_update().clone();
         if !view.synced {
@@ -196,66 +243,92 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             return Ok(0);
         }
         let writes_before = self.routing.writes();
-        let nodes: Vec<_> = view.nodes.values().cloned().collect();
+        let now = unix_now();
+        let switched = self.rotate(now, &view.own_annotations);
         let public = self.key.public_key();
+        let next_key = self.rotation.as_ref().and_then(Rotation::announced);
+        self.switch_wake = next_key
+            .map(|next| next.switch_at)
+            .into_iter()
+            .chain(next_switch(view.nodes.values(), now))
+            .filter(|at| *at > now)
+            .min()
+            .map(instant_of);
+        // The device first: who holds a key or a pod CIDR there keeps it
+        // against a newcomer's claim.
+        let link = LinkSpec {
+            name: self.config.interface.clone(),
+            mtu: self.configured_mtu(FALLBACK_TUNNEL_MTU),
+            addresses: BTreeSet::new(),
+        };
+        self.datapath.ensure_link(&link).await?;
+        self.routing.ensure_up(&self.config.interface).await?;
+        let device = self.datapath.observe().await?;
         // Read on every pass: the CNI adds its gateway address with the first
         // pod and may remove or change it at any time. Our link's copy of it
         // comes apart: it stands in only while the CNI has none.
         let addresses = self.routing.local_addresses(&self.config.interface).await?;
-        let mut mesh = self.mesh_config(FALLBACK_TUNNEL_MTU, addresses);
-        let mut want = desired(&self.config.node_name, &public, &nodes, &mesh);
-        let host_source_warning = self.check_host_sources(&want);
+        let programmed = device
+            .device
+            .as_ref()
+            .map(|d| d.peers.clone())
+            .unwrap_or_default();
+        let mut mesh = self.mesh_config(FALLBACK_TUNNEL_MTU, addresses, programmed);
+        let mut want = desired(&self.config.node_name, &public, view.nodes.values(), &mesh);
+        let host_source = self
+            .reporter
+            .check_host_sources(&self.config.node_name, &want);
         let (auto_mtu, underlay_devices) = self.underlay(&want).await;
         if let (MtuSetting::Auto, Some(mtu)) = (self.config.mtu, auto_mtu) {
             mesh.mtu = mtu;
             want.state.set_mtu(mtu);
         }
-        let mtu_warning = self.check_pod_mtu(mesh.mtu, &underlay_devices).await;
+        let exclude = pod_link_exclusions(&self.config.interface, &underlay_devices);
+        let pod_link = match self.routing.pod_link_mtu(&exclude).await {
+            Ok(found) => found,
+            Err(err) => {
+                debug!(error = %err, "cannot read the pod links' MTU");
+                None
+            }
+        };
+        let mtu = self.reporter.check_pod_mtu(pod_link, mesh.mtu);
 
-        self.datapath.ensure_link(&want.state.link).await?;
-        self.routing.ensure_up(&self.config.interface).await?;
-        let device = self.datapath.observe().await?;
         let established: BTreeSet<PublicKey> = device
             .stats
             .iter()
             .filter(|(_, stats)| stats.last_handshake.is_some())
             .map(|(key, _)| *key)
             .collect();
-        let routing = self
-            .routing
-            .observe(
-                &self.config.interface,
-                self.config.route_table,
-                self.config.rule_priority,
-            )
-            .await?;
+        let routing = self.routing.observe(&self.config.interface).await?;
         let routed = routing.routes.keys().copied().collect();
         let awaiting = gate_routes(&mut want, &established, &routed);
         let observed = ObservedState {
             link: routing.link,
             device: device.device,
             routes: routing.routes,
+            catch_alls: routing.catch_alls,
             rules: routing.rules,
         };
         let change = plan(&want.state, &observed);
         if !change.is_empty() {
+            let summary = change.summary();
             info!(
                 changes = change.len(),
-                peers_upserted = change.device.upsert_peers.len(),
-                peers_removed = change.device.remove_peers.len(),
-                routes_added = change.routing.add_routes.len(),
-                routes_removed = change.routing.remove_routes.len(),
-                addresses_added = change.link.add_addresses.len(),
-                addresses_removed = change.link.remove_addresses.len(),
-                routes_restored = change.routing.restore_routes.len(),
-                rules_added = change.routing.add_rules.len(),
-                rules_removed = change.routing.remove_rules.len(),
+                steps = change.steps().len(),
+                peers_upserted = summary.peers_upserted,
+                peers_removed = summary.peers_removed,
+                routes_written = summary.routes_written,
+                routes_removed = summary.routes_removed,
+                addresses_added = summary.addresses_added,
+                addresses_removed = summary.addresses_removed,
+                rules_added = summary.rules_added,
+                rules_removed = summary.rules_removed,
                 awaiting_handshake = awaiting.len(),
                 "applying plan"
             );
         }
         let started = tokio::time::Instant::now();
-        let mut applied = self.execute(&change).await;
+        let applied = execute(&change, &mut self.datapath, &mut self.routing, &self.key).await;
         // What this pass cost the kernel: "only the difference is written"
         // is checked against this (the control-plane benchmark reads it).
         let writes = self.routing.writes().saturating_sub(writes_before);
@@ -267,90 +340,156 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 "applied plan"
             );
         }
-        if applied.is_ok() && !awaiting.is_empty() {
+        if applied.is_ok() && self.config.strict.is_some() {
+            self.keep_catch_alls(&want.state.catch_alls);
+        }
+        let mut failures: Vec<String> = match &applied {
+            Ok(()) => Vec::new(),
+            Err(err) => err.failures.iter().map(ToString::to_string).collect(),
+        };
+        // Without it a rotation still works, at the cost of one handshake.
+        if applied.is_ok()
+            && let Err(err) = self.offer_alternate_key().await
+        {
+            warn!(error = %err, "cannot give the datapath the rotation's other key");
+        }
+        let mut handshake = Ok(());
+        // After this node switched its key, every session is gone: a new
+        // handshake to every peer at once, which reaches the peers that
+        // switched to the new key before this node did.
+        if applied.is_ok() && (!awaiting.is_empty() || switched) {
             let waiting = want
                 .state
                 .device
                 .peers
                 .iter()
-                .filter(|(key, _)| awaiting.contains(*key))
+                .filter(|(key, _)| switched || awaiting.contains(*key))
                 .map(|(key, config)| (*key, config.clone()))
                 .collect();
-            applied = self
-                .datapath
-                .request_handshake(&waiting, &self.key)
-                .await
-                .map_err(anyhow::Error::from);
+            handshake = self.datapath.request_handshake(&waiting, &self.key).await;
+            if let Err(err) = &handshake {
+                failures.push(format!("asking for a handshake: {err}"));
+            }
         }
-        self.report(
-            &view,
-            &want,
-            &device.stats,
-            applied.is_ok(),
-            Warnings {
-                mtu: mtu_warning,
-                host_source: host_source_warning,
+        // After the plan: the counter never holds up the datapath, and it
+        // reads what this pass left behind.
+        let remote = leaks::remote_pod_cidrs(
+            &self.config.node_name,
+            &view.nodes,
+            &self.config.cluster_cidrs,
+        );
+        let leaks = self.leaks.pass(&remote).await;
+        self.reporter.publish(
+            &self.config,
+            self.datapath.kind(),
+            public,
+            PassReport {
+                view: &view,
+                want: &want,
+                stats: &device.stats,
+                failures,
+                warnings: Warnings { mtu, host_source },
+                next_key,
+                leaks,
             },
         );
-        applied.map(|()| awaiting.len())
+        applied?;
+        handshake?;
+        Ok(awaiting.len())
     }
 
-    fn mesh_config(&self, mtu: u32, addresses: NodeAddresses) -> MeshConfig {
+    /// This node's rotation step: a switch replaces the key the plan sets on
+    /// the datapath in this very pass. A failure is logged and retried on
+    /// the next pass; the current key stays meanwhile.
+    /// Returns true on a switch.
+    fn rotate(&mut self, now: i64, published: &BTreeMap<String, String>) -> bool {
+        let Some(rotation) = &mut self.rotation else {
+            return false;
+        };
+        match rotation.step(now, published) {
+            Ok(Some(key)) => {
+                let previous = std::mem::replace(&mut self.key, key);
+                self.previous_key = Some((previous, tokio::time::Instant::now() + ALTERNATE_GRACE));
+                true
+            }
+            Ok(None) => false,
+            Err(err) => {
+                warn!(error = %err, "key rotation step failed; retrying on the next pass");
+                false
+            }
+        }
+    }
+
+    /// Gives the datapath the key whose handshakes it answers besides its
+    /// own: the next key while a rotation is under way, the previous one for
+    /// [`ALTERNATE_GRACE`] after the switch. Sent on every pass while there is
+    /// one (a restarted tunnel has forgotten it), and its removal once.
+    async fn offer_alternate_key(&mut self) -> Result<(), crate::datapath::DatapathError> {
+        if self
+            .previous_key
+            .as_ref()
+            .is_some_and(|(_, until)| *until <= tokio::time::Instant::now())
+        {
+            self.previous_key = None;
+        }
+        let alternate = self
+            .rotation
+            .as_ref()
+            .and_then(Rotation::next_private)
+            .or(self.previous_key.as_ref().map(|(key, _)| key));
+        if alternate.is_none() && !self.alternate_set {
+            return Ok(());
+        }
+        self.datapath.set_alternate_key(alternate).await?;
+        self.alternate_set = alternate.is_some();
+        Ok(())
+    }
+
+    /// Keeps the catch-alls for strict mode's next start (see
+    /// [`crate::lockdown`]), when they changed.
+    fn keep_catch_alls(&mut self, catch_alls: &BTreeMap<ipnetwork::IpNetwork, CatchAll>) {
+        if self.kept.as_ref() == Some(catch_alls) {
+            return;
+        }
+        match lockdown::save(&self.config.state_dir, catch_alls) {
+            Ok(()) => self.kept = Some(catch_alls.clone()),
+            Err(err) => warn!(error = %err, "cannot keep the catch-alls for the next start"),
+        }
+    }
+
+    fn configured_mtu(&self, auto: u32) -> u32 {
+        match self.config.mtu {
+            MtuSetting::Fixed(fixed) => fixed,
+            MtuSetting::Auto => auto,
+        }
+    }
+
+    fn mesh_config(
+        &self,
+        mtu: u32,
+        addresses: NodeAddresses,
+        programmed: BTreeMap<PublicKey, PeerConfig>,
+    ) -> MeshConfig {
         MeshConfig {
             interface: self.config.interface.clone(),
             listen_port: self.config.listen_port,
             fwmark: self.config.fwmark,
             route_table: self.config.route_table,
             rule_priority: self.config.rule_priority,
-            mtu: match self.config.mtu {
-                MtuSetting::Fixed(fixed) => fixed,
-                MtuSetting::Auto => mtu,
-            },
+            mtu: self.configured_mtu(mtu),
             persistent_keepalive: self.config.persistent_keepalive,
+            cluster_cidrs: self.config.cluster_cidrs.clone(),
+            peer_endpoint_cidrs: self.config.peer_endpoint_cidrs.clone(),
+            protected: self.protected.clone(),
+            strict: self.config.strict.as_ref().map(|strict| Strict {
+                catch_all_table: self.config.catch_all_table,
+                exclude: strict.exclude.clone(),
+            }),
             local_addresses: addresses.elsewhere,
             tunnel_addresses: addresses.tunnel,
+            programmed,
+            now: unix_now(),
         }
-    }
-
-    /// Host-network traffic to pods on other nodes only passes the peers'
-    /// WireGuard with a source inside this node's pod CIDRs. Logs the
-    /// sources when they change, and warns once per change when a family
-    /// routed into the tunnel has none.
-    fn check_host_sources(&mut self, want: &Desired) -> Option<String> {
-        if want.host_sources != self.host_sources {
-            if !want.host_sources.is_empty() {
-                info!(
-                    node = %self.config.node_name,
-                    sources = ?want.host_sources.values().collect::<Vec<_>>(),
-                    "host-network traffic into the tunnel leaves from this node's pod address"
-                );
-            }
-            self.host_sources.clone_from(&want.host_sources);
-        }
-        if want.host_source_issues.is_empty() {
-            if self.host_source_warning.take().is_some() {
-                info!(node = %self.config.node_name, "every family routed into the tunnel has a host source again");
-            }
-            return None;
-        }
-        let message = want
-            .host_source_issues
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        if self.host_source_warning.as_ref() != Some(&message) {
-            for issue in &want.host_source_issues {
-                warn!(
-                    node = %issue.node,
-                    family = %issue.family,
-                    pod_cidrs = ?issue.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "{issue}"
-                );
-            }
-            self.host_source_warning = Some(message.clone());
-        }
-        Some(message)
     }
 
     /// The underlay seen from here: the smallest tunnel MTU over the paths to
@@ -384,212 +523,26 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         }
         (best, devices)
     }
-
-    /// TCP MSS cannot be clamped without iptables or nftables, which wireseal
-    /// does not touch; the routes in its table carry the tunnel MTU, so pods
-    /// learn it through path MTU discovery — unless ICMP is filtered on the
-    /// way. When the CNI gave its pods a larger MTU, say so, once per change.
-    async fn check_pod_mtu(
-        &mut self,
-        tunnel: u32,
-        underlay_devices: &BTreeSet<String>,
-    ) -> Option<String> {
-        let mut exclude = underlay_devices.clone();
-        exclude.insert(self.config.interface.clone());
-        let (link, mtu) = match self.routing.pod_link_mtu(&exclude).await {
-            Ok(found) => found?,
-            Err(err) => {
-                debug!(error = %err, "cannot read the pod links' MTU");
-                return None;
-            }
-        };
-        if mtu <= tunnel {
-            self.mtu_warning = None;
-            return None;
-        }
-        let message = format!(
-            "pod link {link} has MTU {mtu}, above the tunnel MTU {tunnel}: pods rely on path MTU discovery \
-             (ICMP fragmentation-needed) across nodes; set the CNI's MTU to at most {tunnel}"
-        );
-        if self.mtu_warning.as_ref() != Some(&message) {
-            warn!(%link, pod_mtu = mtu, tunnel_mtu = tunnel, "{message}");
-            self.mtu_warning = Some(message.clone());
-        }
-        Some(message)
-    }
-
-    /// Applies a plan in the order documented in `wireseal_core::plan`,
-    /// carrying on past a failed step so one bad peer does not block the rest.
-    async fn execute(&mut self, change: &Plan) -> Result<(), anyhow::Error> {
-        if change.is_empty() {
-            return Ok(());
-        }
-        let mut failures: Vec<DatapathError> = Vec::new();
-        let mut keep = |result: Result<(), DatapathError>| {
-            if let Err(err) = result {
-                failures.push(err);
-            }
-        };
-        keep(
-            self.routing
-                .apply(&change.routing, RoutingPhase::RemoveRules)
-                .await,
-        );
-        let interface = &self.config.interface;
-        if let Some(mtu) = change.link.set_mtu {
-            keep(self.routing.set_mtu(interface, mtu).await);
-        }
-        // Before the routes that name them as their source.
-        if !change.link.add_addresses.is_empty() {
-            keep(
-                self.routing
-                    .add_addresses(interface, &change.link.add_addresses)
-                    .await,
-            );
-        }
-        let (upserts, removals) = split_removals(&change.device);
-        keep(self.datapath.apply(&upserts, &self.key).await);
-        keep(
-            self.routing
-                .apply(&change.routing, RoutingPhase::Routes)
-                .await,
-        );
-        keep(self.datapath.apply(&removals, &self.key).await);
-        // After the routes stopped naming them.
-        if !change.link.remove_addresses.is_empty() {
-            keep(
-                self.routing
-                    .remove_addresses(interface, &change.link.remove_addresses)
-                    .await,
-            );
-        }
-        // Straight after: the removal took the link's last IPv4 address and
-        // Linux dropped its IPv4 routes; until they are back, that traffic
-        // takes the CNI's plain routes.
-        if !change.routing.restore_routes.is_empty() {
-            keep(
-                self.routing
-                    .apply(&change.routing, RoutingPhase::Restore)
-                    .await,
-            );
-        }
-        keep(
-            self.routing
-                .apply(&change.routing, RoutingPhase::AddRules)
-                .await,
-        );
-        if failures.is_empty() {
-            return Ok(());
-        }
-        let lines: Vec<String> = failures.iter().map(|f| format!("{f}")).collect();
-        Err(anyhow::anyhow!(
-            "{} step(s) failed: {}",
-            failures.len(),
-            lines.join("; ")
-        ))
-    }
-
-    fn report(
-        &self,
-        view: &ClusterView,
-        want: &Desired,
-        stats: &BTreeMap<PublicKey, PeerStats>,
-        applied: bool,
-        warnings: Warnings,
-    ) {
-        let now = SystemTime::now();
-        let peers: Vec<PeerStatus> = want
-            .nodes
-            .iter()
-            .map(|(name, outcome)| {
-                let peer_stats = outcome
-                    .peer
-                    .and_then(|key| stats.get(&key))
-                    .copied()
-                    .unwrap_or_default();
-                PeerStatus::new(name, outcome, want, peer_stats, now)
-            })
-            .collect();
-        let expected = peers.iter().filter(|p| p.public_key.is_some()).count();
-        let encrypted = peers.iter().filter(|p| p.encrypted).count();
-        let ready = applied && expected == encrypted;
-        let own_status = NodeStatus {
-            datapath: Some(self.datapath.kind()),
-            encryption_ready: ready,
-            peers_expected: u32::try_from(expected).unwrap_or(u32::MAX),
-            peers_encrypted: u32::try_from(encrypted).unwrap_or(u32::MAX),
-            message: (!applied)
-                .then(|| "the last reconcile failed; see the agent's log".to_owned()),
-        };
-        let endpoint = self.own_endpoint(view);
-        let own = annotation::encode_own(&self.key.public_key(), endpoint, Some(&own_status));
-        let problems = want
-            .nodes
-            .iter()
-            .filter_map(|(name, outcome)| {
-                let lines: Vec<String> = outcome
-                    .issues
-                    .iter()
-                    .filter(|issue| {
-                        matches!(
-                            issue,
-                            wireseal_core::PeerIssue::InvalidInput(_)
-                                | wireseal_core::PeerIssue::DuplicateKey { .. }
-                        )
-                    })
-                    .map(ToString::to_string)
-                    .collect();
-                (!lines.is_empty()).then(|| (name.clone(), lines))
-            })
-            .collect();
-        self.outputs.send_replace(Outputs {
-            own_annotations: Some(own),
-            problems,
-        });
-        self.status.replace(AgentStatus {
-            node: self.config.node_name.clone(),
-            datapath: Some(self.datapath.kind()),
-            public_key: Some(self.key.public_key()),
-            synced: view.synced,
-            last_apply_ok: applied,
-            tunnel_mtu: want.state.link.mtu,
-            mtu_warning: warnings.mtu,
-            host_sources: want.host_sources.values().copied().collect(),
-            host_source_warning: warnings.host_source,
-            peers,
-        });
-    }
-
-    fn own_endpoint(&self, view: &ClusterView) -> Option<SocketAddr> {
-        let port = self.config.listen_port;
-        match self.config.endpoint {
-            EndpointSetting::SocketAddr(addr) => Some(addr),
-            EndpointSetting::Address(ip) => Some(SocketAddr::new(ip, port)),
-            EndpointSetting::Auto => view
-                .nodes
-                .get(&self.config.node_name)
-                .and_then(wireseal_core::NodeView::internal_ip)
-                .map(|ip| SocketAddr::new(ip, port)),
-        }
-    }
 }
 
-/// What a pass found worth an operator's attention, for the status.
-struct Warnings {
-    mtu: Option<String>,
-    host_source: Option<String>,
+/// The moment a switch time (seconds since the Unix epoch) comes, on the
+/// loop's clock: a little after, so that a pass then sees it as come.
+fn instant_of(at: i64) -> tokio::time::Instant {
+    let target = std::time::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(at).unwrap_or_default())
+        + Duration::from_millis(5);
+    let ahead = target
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::Instant::now() + ahead
 }
 
-/// Splits device changes into the part applied before routes change (settings
-/// and upserts) and the part after (removals).
-fn split_removals(
-    plan: &wireseal_core::DevicePlan,
-) -> (wireseal_core::DevicePlan, wireseal_core::DevicePlan) {
-    let mut upserts = plan.clone();
-    let removals = wireseal_core::DevicePlan {
-        remove_peers: std::mem::take(&mut upserts.remove_peers),
-        remove_allowed_ips: std::mem::take(&mut upserts.remove_allowed_ips),
-        ..wireseal_core::DevicePlan::default()
-    };
-    (upserts, removals)
+/// Now, in seconds since the Unix epoch (0 before it: a clock that wrong
+/// switches every announced key at once, which is what it would see anyway).
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
 }

@@ -4,13 +4,17 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
+use crate::leaks::LeakStatus;
 use serde::{Deserialize, Serialize};
-use wireseal_core::{DatapathKind, Desired, NodeOutcome, PublicKey};
+use wireseal_core::coverage::PeerState;
+use wireseal_core::{Coverage, DatapathKind, Desired, NodeOutcome, PeerStats, PublicKey};
 
-use crate::datapath::PeerStats;
-use crate::reconcile::HANDSHAKE_FRESH;
+/// What an older agent's status, without a state, meant.
+fn not_peered() -> PeerState {
+    PeerState::NotPeered
+}
 
 /// One remote node as this agent sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,29 +34,33 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     /// Bytes sent to it.
     pub tx_bytes: u64,
-    /// True when it is a peer with a recent handshake.
+    /// True when its traffic is encrypted now (see `state`).
     pub encrypted: bool,
+    /// Why it is, or is not, encrypted.
+    #[serde(default = "not_peered")]
+    pub state: PeerState,
     /// Why it is not (fully) a peer.
     pub issues: Vec<String>,
+    /// The addresses its own traffic into the tunnel leaves from, as it
+    /// publishes them (`wireseal verify` probes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_sources: Vec<IpAddr>,
 }
 
 impl PeerStatus {
-    /// Builds the status of node `name` from its outcome and its device statistics.
+    /// Builds the status of node `name` from its outcome, its device
+    /// statistics and the state the coverage gave it.
     #[must_use]
     pub fn new(
         name: &str,
         outcome: &NodeOutcome,
         want: &Desired,
         stats: PeerStats,
-        now: SystemTime,
+        state: PeerState,
     ) -> Self {
         let config = outcome
             .peer
             .and_then(|key| want.state.device.peers.get(&key));
-        let fresh = stats
-            .last_handshake
-            .and_then(|at| now.duration_since(at).ok().or(Some(Duration::ZERO)))
-            .is_some_and(|age| age <= HANDSHAKE_FRESH);
         Self {
             node: name.to_owned(),
             public_key: outcome.peer,
@@ -66,10 +74,22 @@ impl PeerStatus {
                 .map(|d| d.as_secs()),
             rx_bytes: stats.rx_bytes,
             tx_bytes: stats.tx_bytes,
-            encrypted: outcome.peer.is_some() && fresh,
+            encrypted: state.encrypted(),
+            state,
             issues: outcome.issues.iter().map(ToString::to_string).collect(),
+            host_sources: Vec::new(),
         }
     }
+}
+
+/// A key rotation under way, as `wireseal status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotationStatus {
+    /// The public key this node switches to.
+    pub next_public_key: PublicKey,
+    /// When, RFC 3339 in UTC (as `wireseal.dev/key-switch-at`).
+    pub switch_at: String,
 }
 
 /// Everything `wireseal status` shows.
@@ -80,12 +100,26 @@ pub struct AgentStatus {
     pub node: String,
     /// The datapath in use.
     pub datapath: Option<DatapathKind>,
+    /// True when the agent runs in strict mode.
+    #[serde(default)]
+    pub strict: bool,
     /// This node's public key.
     pub public_key: Option<PublicKey>,
+    /// A rotation of this node's key under way: the next public key and
+    /// when every node switches to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<KeyRotationStatus>,
     /// True once the complete Node list has been read.
     pub synced: bool,
     /// True when the last reconcile applied without error.
     pub last_apply_ok: bool,
+    /// What failed in the last pass, each naming the step (the route, rule,
+    /// address or peers) and the error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// The encryption coverage of the peers below.
+    #[serde(default)]
+    pub coverage: Coverage,
     /// The tunnel MTU in use.
     pub tunnel_mtu: u32,
     /// Set when the CNI's pod MTU exceeds the tunnel MTU.
@@ -101,38 +135,37 @@ pub struct AgentStatus {
     pub host_source_warning: Option<String>,
     /// Every remote node.
     pub peers: Vec<PeerStatus>,
+    /// The leak counter: packets that left for other nodes' pods outside the tunnel.
+    #[serde(default)]
+    pub leaks: LeakStatus,
 }
 
 impl AgentStatus {
     /// Remote nodes that are peers.
     #[must_use]
     pub fn expected(&self) -> usize {
-        self.peers.iter().filter(|p| p.public_key.is_some()).count()
+        self.coverage.expected
     }
 
-    /// Peers with a recent handshake.
+    /// Peers whose traffic is encrypted now.
     #[must_use]
     pub fn encrypted(&self) -> usize {
-        self.peers.iter().filter(|p| p.encrypted).count()
+        self.coverage.encrypted
     }
 
-    /// The coverage line: "2/3 peers encrypted, 1 not yet, 1 node skipped".
+    /// The coverage line: "2/3 peers encrypted, 1 without a recent handshake, …".
     #[must_use]
     pub fn coverage_line(&self) -> String {
-        let expected = self.expected();
-        let encrypted = self.encrypted();
-        let skipped = self.peers.len() - expected;
-        let mut line = format!("{encrypted}/{expected} peers encrypted");
-        if expected > encrypted {
-            line.push_str(&format!(
-                ", {} without a recent handshake",
-                expected - encrypted
-            ));
+        let mut coverage = self.coverage.clone();
+        if coverage.nodes.is_empty() {
+            // Read back from JSON: the per-node states travel with the peers.
+            coverage.nodes = self
+                .peers
+                .iter()
+                .map(|peer| (peer.node.clone(), peer.state))
+                .collect();
         }
-        if skipped > 0 {
-            line.push_str(&format!(", {skipped} node(s) not peered (see issues)"));
-        }
-        line
+        coverage.to_string()
     }
 
     /// Ready: the Node list has been read and the last plan applied without

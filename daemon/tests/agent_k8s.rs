@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Taint;
 use support::{Cluster, KEY_ANNOTATION, eventually, expected_peers};
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -118,6 +119,9 @@ async fn agents_publish_keys_and_peer_with_every_other_node() {
             "GET" => path.starts_with("/api/v1/nodes"),
             "PATCH" => {
                 path.starts_with("/api/v1/nodes/") && path.ends_with("/status")
+                    // The not-ready taint's removal, on the Node itself.
+                    || path == "/api/v1/nodes/node-a"
+                    || path == "/api/v1/nodes/node-b"
                     || path.starts_with("/apis/events.k8s.io/v1/namespaces/")
             }
             "POST" => path.starts_with("/apis/events.k8s.io/v1/namespaces/"),
@@ -250,8 +254,8 @@ async fn a_malformed_annotation_yields_an_event_and_leaves_the_rest() {
         .count();
     assert_eq!(count, 1);
     assert!(
-        a.log_text().contains("invalid wireseal input on node")
-            || b.log_text().contains("invalid wireseal input on node")
+        a.log_text().contains("refused wireseal input on node")
+            || b.log_text().contains("refused wireseal input on node")
     );
 
     // Fixing the annotation brings node-bad into the mesh.
@@ -385,4 +389,49 @@ async fn api_server_faults_converge_with_nothing_lost() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_not_ready_taint_goes_once_the_datapath_is_programmed_and_no_other() {
+    let cluster = Cluster::start().await;
+    cluster.add_node("node-a", 0);
+    cluster.add_node("node-b", 1);
+    // The kubelet registered node-a with the taint (and an operator cordoned it).
+    cluster
+        .server
+        .state()
+        .modify_node("node-a", |n| {
+            n.spec.get_or_insert_with(Default::default).taints = Some(vec![
+                Taint {
+                    key: "node.kubernetes.io/unschedulable".into(),
+                    effect: "NoSchedule".into(),
+                    ..Taint::default()
+                },
+                Taint {
+                    key: "wireseal.dev/agent-not-ready".into(),
+                    effect: "NoSchedule".into(),
+                    ..Taint::default()
+                },
+            ]);
+        })
+        .unwrap();
+    let a = cluster.spawn_agent("node-a");
+    let taints = |cluster: &Cluster| -> Vec<String> {
+        cluster
+            .server
+            .state()
+            .get_node("node-a")
+            .and_then(|n| n.spec)
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.key)
+            .collect()
+    };
+    eventually("the not-ready taint is gone", CONVERGE, &[&a], || {
+        (taints(&cluster) == ["node.kubernetes.io/unschedulable"]).then_some(())
+    })
+    .await;
+    assert!(a.status().is_some_and(|s| s.last_apply_ok));
+    assert!(a.log_text().contains("removed the not-ready taint"));
 }

@@ -159,3 +159,55 @@ fn agent_rejects_bad_flags_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no node name"), "{stderr}");
 }
+
+#[test]
+fn agent_with_a_taken_metrics_port_exits_naming_the_port_and_the_flag() {
+    let state = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let status_addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let output = Command::new(env!("CARGO_BIN_EXE_wireseal"))
+        .args(["agent", "--node-name", "n1", "--datapath", "memory"])
+        .args(["--status-addr", &status_addr])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("KUBECONFIG", state.path().join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "--metrics-addr 127.0.0.1:{port}: port {port} is already in use"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_wireseal_process_is_not_dumpable_and_writes_no_core() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let state = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = state.path().join("status.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // `wireseal status` connects and waits for an answer that never comes.
+    let mut child = wireseal_netns::unprivileged(
+        Command::new(env!("CARGO_BIN_EXE_wireseal"))
+            .args(["status", "--state-dir"])
+            .arg(state.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .spawn()
+    .unwrap();
+    let _conn = wireseal_netns::accept_from(&listener, &mut child);
+    wireseal_netns::assert_hardened(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+}

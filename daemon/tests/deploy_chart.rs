@@ -97,6 +97,14 @@ fn chart_defaults_are_the_plain_manifests() {
         assert_eq!(value, "", "{key:?} must default to the agent's own default");
     }
     assert_eq!(values["agent"]["extraEnv"], Value::Sequence(Vec::new()));
+    // The metrics address is the agent's default, its port the plain port's.
+    let addr = agent_defaults().metrics_addr.unwrap();
+    assert_eq!(values["metrics"]["addr"], addr.to_string());
+    let port = seq(&agent["ports"])
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .map(|p| p["containerPort"].clone());
+    assert_eq!(port, Some(Value::from(addr.port())));
 }
 
 #[test]
@@ -163,12 +171,17 @@ fn chart_daemonset_keeps_the_agents_paths_ports_and_probes() {
         "fieldPath: spec.nodeName".to_owned(),
         r#"args: ["agent"]"#.to_owned(),
         r#"command: ["wireseal-tunnel-entrypoint"]"#.to_owned(),
+        r#"command: ["wireseal-tunnel-entrypoint", "--check"]"#.to_owned(),
         format!("mountPath: {}", config.state_dir.display()),
         format!("path: {}", config.state_dir.display()),
         format!("mountPath: {}", config.uapi_dir.display()),
         format!("path: {}", config.uapi_dir.display()),
         "path: /dev/net/tun".to_owned(),
         "type: CharDevice".to_owned(),
+        "name: WIRESEAL_METRICS_ADDR".to_owned(),
+        "value: {{ .Values.metrics.addr | quote }}".to_owned(),
+        "- name: metrics".to_owned(),
+        r#"containerPort: {{ splitList ":" .Values.metrics.addr | last }}"#.to_owned(),
         format!("host: {}", config.status_addr.ip()),
         format!("port: {}", config.status_addr.port()),
         "path: /readyz".to_owned(),
@@ -236,4 +249,179 @@ fn chart_templates_are_balanced_and_use_only_existing_values() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// The monitoring objects (templates/monitoring.yaml): rendered here for the
+// few actions they use, as helm would with both monitors enabled and release
+// `wireseal` in namespace `wireseal`. Their CRDs are not in
+// kubernetes-validate's schemas, so their structure is checked against the
+// fields of monitoring.coreos.com/v1 they may use; the Service is validated.
+
+/// The agent's metrics port (`--metrics-addr`'s default port, the
+/// DaemonSet's port named `metrics`).
+const METRICS_PORT: u64 = 9831;
+
+fn rendered_monitoring() -> Vec<Value> {
+    let values = chart_file("values.yaml");
+    let monitoring = &values["monitoring"];
+    assert_eq!(monitoring["podMonitor"]["enabled"], false, "off by default");
+    assert_eq!(
+        monitoring["serviceMonitor"]["enabled"], false,
+        "off by default"
+    );
+    assert_eq!(monitoring["labels"], Value::Mapping(Default::default()));
+    let template = std::fs::read_to_string(chart_dir().join("templates/monitoring.yaml")).unwrap();
+    let mut skipping = false;
+    render_template(
+        &template,
+        |line| {
+            let trimmed = line.trim();
+            // `with` an empty map renders nothing.
+            if trimmed == "{{- with .Values.monitoring.labels }}" {
+                skipping = true;
+                return None;
+            }
+            if skipping {
+                skipping = trimmed != "{{- end }}";
+                return None;
+            }
+            if trimmed == "{{- if .Values.monitoring.podMonitor.enabled }}"
+                || trimmed == "{{- if .Values.monitoring.serviceMonitor.enabled }}"
+                || trimmed == "{{- end }}"
+            {
+                return None;
+            }
+            // templates/_helpers.tpl's labels.
+            if trimmed == "{{- include \"wireseal.labels\" . | nindent 4 }}" {
+                return Some(format!(
+                    "    app.kubernetes.io/name: wireseal\n    \
+                     app.kubernetes.io/instance: wireseal\n    \
+                     app.kubernetes.io/version: \"{}\"\n    \
+                     app.kubernetes.io/managed-by: Helm",
+                    env!("CARGO_PKG_VERSION")
+                ));
+            }
+            Some(line.to_owned())
+        },
+        &[(
+            "{{ .Values.monitoring.interval }}",
+            monitoring["interval"].as_str().unwrap(),
+        )],
+    )
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    value
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every key of `value` is one of `allowed` (a field of the CRD's schema).
+fn only(value: &Value, allowed: &[&str], what: &str) {
+    for key in keys(value) {
+        assert!(
+            allowed.contains(&key.as_str()),
+            "{what}: unknown field {key}"
+        );
+    }
+}
+
+/// A scrape endpoint of either monitor: the agent's `metrics` port and path,
+/// with the pod's node as a label.
+fn check_endpoint(endpoint: &Value, what: &str) {
+    only(
+        endpoint,
+        &["port", "path", "interval", "scrapeTimeout", "relabelings"],
+        what,
+    );
+    assert_eq!(endpoint["port"], "metrics", "{what}");
+    assert_eq!(endpoint["path"], "/metrics", "{what}");
+    let relabel = &seq(&endpoint["relabelings"])[0];
+    only(relabel, &["sourceLabels", "targetLabel"], what);
+    assert_eq!(
+        strings(&relabel["sourceLabels"]),
+        ["__meta_kubernetes_pod_node_name"]
+    );
+    assert_eq!(relabel["targetLabel"], "node_name");
+}
+
+#[test]
+fn chart_monitors_scrape_the_agents_metrics_port() {
+    let docs = rendered_monitoring();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["PodMonitor", "Service", "ServiceMonitor"]);
+    // The agent pods, as the chart's DaemonSet labels them.
+    let daemonset = std::fs::read_to_string(chart_dir().join("templates/daemonset.yaml")).unwrap();
+    let agent_pods: Value = serde_yaml::from_str(
+        "app.kubernetes.io/name: wireseal\n\
+         app.kubernetes.io/instance: wireseal\n\
+         app.kubernetes.io/component: agent\n",
+    )
+    .unwrap();
+    for line in [
+        "app.kubernetes.io/name: wireseal",
+        "app.kubernetes.io/instance: {{ .Release.Name }}",
+        "app.kubernetes.io/component: agent",
+    ] {
+        assert!(daemonset.contains(line), "the DaemonSet's selector: {line}");
+    }
+
+    for doc in &docs {
+        only(doc, &["apiVersion", "kind", "metadata", "spec"], "object");
+        assert_eq!(doc["metadata"]["namespace"], "wireseal");
+    }
+    let pod_monitor = &docs[0];
+    assert_eq!(pod_monitor["apiVersion"], "monitoring.coreos.com/v1");
+    only(
+        &pod_monitor["spec"],
+        &["selector", "podMetricsEndpoints"],
+        "PodMonitor",
+    );
+    assert_eq!(pod_monitor["spec"]["selector"]["matchLabels"], agent_pods);
+    let endpoints = seq(&pod_monitor["spec"]["podMetricsEndpoints"]);
+    assert_eq!(endpoints.len(), 1);
+    check_endpoint(&endpoints[0], "PodMonitor");
+
+    let service = &docs[1];
+    assert_eq!(service["spec"]["clusterIP"], "None", "headless");
+    assert_eq!(service["spec"]["selector"], agent_pods);
+    let port = &seq(&service["spec"]["ports"])[0];
+    assert_eq!(port["name"], "metrics");
+    assert_eq!(port["port"].as_u64(), Some(METRICS_PORT));
+    assert_eq!(port["targetPort"], "metrics");
+
+    let service_monitor = &docs[2];
+    assert_eq!(service_monitor["apiVersion"], "monitoring.coreos.com/v1");
+    only(
+        &service_monitor["spec"],
+        &["selector", "endpoints"],
+        "ServiceMonitor",
+    );
+    // It selects the Service (and only it: the pods have another component).
+    let selector = service_monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap();
+    let service_labels = service["metadata"]["labels"].as_mapping().unwrap();
+    for (key, value) in selector {
+        assert_eq!(service_labels.get(key), Some(value), "{key:?}");
+    }
+    assert_ne!(
+        selector.get("app.kubernetes.io/component"),
+        agent_pods.get("app.kubernetes.io/component")
+    );
+    let endpoints = seq(&service_monitor["spec"]["endpoints"]);
+    assert_eq!(endpoints.len(), 1);
+    check_endpoint(&endpoints[0], "ServiceMonitor");
+
+    // The Service is core Kubernetes: validated like the plain manifests.
+    let dir = std::env::temp_dir().join(format!("wireseal-monitoring-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("service.yaml");
+    std::fs::write(&file, serde_yaml::to_string(service).unwrap()).unwrap();
+    validate_strict(None, std::slice::from_ref(&file));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,9 +1,11 @@
 //! The container image definition (Containerfile at the repository root) and
 //! the tunnel container's entry point (deploy/image/tunnel-entrypoint.sh).
 //!
-//! No image is built here (no registry to pull the base images from): these
-//! tests check that the Containerfile builds what the DaemonSet runs, and run
-//! the entry point with stand-ins for `ip` and `wireseal-tunnel`.
+//! The Containerfile is not built here (no registry to pull its base images
+//! from): these tests check that it builds what the DaemonSet runs, and run
+//! the entry point with stand-ins for `ip` and `wireseal-tunnel`. The image
+//! that deploy/image/build-offline.sh builds from the same runtime stage is
+//! built and run by the lab (tests/lab/tests/pods.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead as _, BufReader};
@@ -99,9 +101,17 @@ fn builds_both_binaries_locked_in_release() {
     ] {
         assert!(build.contains(part), "{part:?} missing in: {build}");
     }
-    for binary in ["target/release/wireseal ", "target/release/wireseal-tunnel"] {
-        assert!(build.contains(binary), "{binary:?} not installed: {build}");
-    }
+    // The offline build installs its binaries with the same script.
+    assert!(
+        build.ends_with("&& deploy/image/install-binaries.sh target/release /out"),
+        "{build}"
+    );
+    let install = std::fs::read_to_string(repo().join("deploy/image/install-binaries.sh")).unwrap();
+    assert!(install.contains("for binary in wireseal wireseal-tunnel; do"));
+    let offline = std::fs::read_to_string(repo().join("deploy/image/build-offline.sh")).unwrap();
+    assert!(
+        offline.contains(r#""$repo/deploy/image/install-binaries.sh" "$bin_dir" "$context/bin""#)
+    );
     let text = instructions().join("\n");
     assert!(text.contains("COPY --from=builder /out/ /usr/local/bin/"));
     assert!(text.contains(r#"ENTRYPOINT ["/usr/local/bin/wireseal"]"#));
@@ -196,7 +206,8 @@ impl Fakes {
         );
         write(
             "wireseal-tunnel",
-            "#!/bin/sh\necho \"tunnel interface=$WIRESEAL_INTERFACE\" >>\"$FAKE_LOG\"\n",
+            "#!/bin/sh\necho \"tunnel interface=$WIRESEAL_INTERFACE${*:+ $*}\" >>\"$FAKE_LOG\"\n\
+             exit \"${FAKE_TUNNEL_EXIT:-0}\"\n",
         );
         Self { dir }
     }
@@ -253,6 +264,26 @@ fn wait_bounded(mut child: Child) -> std::process::Output {
 }
 
 const IFACE: (&str, &str) = ("WIRESEAL_INTERFACE", "wireseal0");
+
+#[test]
+fn the_liveness_check_asks_a_running_tunnel_and_passes_an_idle_container() {
+    let fakes = Fakes::new();
+    let uapi = tempfile::tempdir().unwrap();
+    let dir = ("WIRESEAL_UAPI_DIR", uapi.path().to_str().unwrap());
+    let check = |env: &[(&str, &str)]| {
+        let child = fakes.command(env).arg("--check").spawn().unwrap();
+        wait_bounded(child).status
+    };
+    // Idle (kernel WireGuard): no socket, nothing to ask, and no probe link made.
+    assert!(check(&[IFACE, dir]).success());
+    assert!(fakes.log().is_empty(), "{:?}", fakes.log());
+    let _listener =
+        std::os::unix::net::UnixListener::bind(uapi.path().join("wireseal0.sock")).unwrap();
+    assert!(check(&[IFACE, dir]).success());
+    assert_eq!(fakes.log(), ["tunnel interface=wireseal0 --check"]);
+    // The tunnel's answer decides.
+    assert!(!check(&[IFACE, dir, ("FAKE_TUNNEL_EXIT", "1")]).success());
+}
 
 #[test]
 fn userspace_starts_the_tunnel_without_probing() {
@@ -357,11 +388,16 @@ fn kernel_idles_without_probing() {
     assert!(fakes.log().is_empty(), "{:?}", fakes.log());
 }
 
-/// Every shell script of the image and of the Vagrant cluster passes
-/// shellcheck, and the Vagrantfile parses: nothing else runs them here.
+/// Every shell script of the image, of its builds and of the Vagrant cluster
+/// passes shellcheck, and the Vagrantfile parses (nothing else runs the Vagrant
+/// cluster's scripts here).
 #[test]
 fn scripts_pass_shellcheck_and_the_vagrantfile_parses() {
-    let mut scripts = vec![entrypoint()];
+    let mut scripts = vec![
+        entrypoint(),
+        repo().join("deploy/image/build-offline.sh"),
+        repo().join("deploy/image/install-binaries.sh"),
+    ];
     let k3s = repo().join("vagrant/k3s");
     let mut more: Vec<PathBuf> = std::fs::read_dir(&k3s)
         .unwrap()

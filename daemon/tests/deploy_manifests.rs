@@ -6,7 +6,6 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use clap::Parser as _;
 use serde_yaml::Value;
@@ -19,17 +18,7 @@ use manifests::*;
 
 #[test]
 fn manifests_pass_strict_schema_validation() {
-    let output = Command::new("kubernetes-validate")
-        .arg("--strict")
-        .args(manifests())
-        .output()
-        .expect("kubernetes-validate is required: python3 -m pip install kubernetes-validate==1.37.0 (see .ci/install)");
-    assert!(
-        output.status.success(),
-        "kubernetes-validate --strict failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    validate_strict(None, &manifests());
 }
 
 #[test]
@@ -58,9 +47,12 @@ fn rbac_grants_exactly_what_the_agent_uses() {
             "/nodes/status:patch",
             "/nodes:get",
             "/nodes:list",
+            // The removal of the node's own wireseal.dev/agent-not-ready
+            // taint (a JSON patch of spec.taints; the admission policy
+            // allows nothing else on the Node itself).
+            "/nodes:patch",
             "/nodes:watch",
             "events.k8s.io/events:create",
-            "events.k8s.io/events:patch",
         ],
         "the agent needs no more (and the agent_k8s test checks it uses no more)"
     );
@@ -200,7 +192,7 @@ fn tunnel_container_sets_only_variables_that_something_reads() {
     let pod = pod_spec(&ds);
     let tunnel = container(pod, "containers", "tunnel");
     let main_rs = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tunnel/src/main.rs"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tunnel/src/main.rs"),
     )
     .unwrap();
     let entrypoint =
@@ -216,13 +208,55 @@ fn tunnel_container_sets_only_variables_that_something_reads() {
 }
 
 #[test]
+fn the_tunnel_is_probed_for_datapath_progress() {
+    let ds = agent_daemonset();
+    let tunnel = container(pod_spec(&ds), "containers", "tunnel");
+    let probe = &tunnel["livenessProbe"];
+    let command: Vec<&str> = seq(&probe["exec"]["command"])
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(command, ["wireseal-tunnel-entrypoint", "--check"]);
+    // The tunnel's own deadline for the answer fits in the probe's timeout.
+    let timeout = probe["timeoutSeconds"].as_u64().unwrap();
+    assert!(
+        wireseal_tunnel::uapi::CHECK_DEADLINE.as_secs() < timeout,
+        "timeoutSeconds {timeout}"
+    );
+    assert!(
+        wireseal_tunnel::health::STALE_AFTER.as_secs()
+            < probe["periodSeconds"].as_u64().unwrap()
+                * probe["failureThreshold"].as_u64().unwrap(),
+        "a stuck thread is seen before the probe gives up"
+    );
+}
+
+#[test]
 fn wireguard_port_is_the_listen_port() {
     let (agent, config) = agent_container();
     let agent = &agent;
     let ports = seq(&agent["ports"]);
-    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert_eq!(ports[0]["name"], "wireguard");
     assert_eq!(ports[0]["containerPort"], u64::from(config.listen_port));
     assert_eq!(ports[0]["protocol"], "UDP");
+}
+
+#[test]
+fn the_metrics_port_is_the_agents_metrics_address() {
+    let (agent, config) = agent_container();
+    let metrics = seq(&agent["ports"])
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .cloned()
+        .expect("a port named metrics, for a PodMonitor");
+    let addr = config.metrics_addr.expect("metrics on by default");
+    assert_eq!(metrics["containerPort"], u64::from(addr.port()));
+    assert_eq!(metrics["protocol"], "TCP");
+    // Scraped over hostNetwork from off the node: not loopback.
+    assert!(addr.ip().is_unspecified(), "{addr}");
+    // Never the probe port.
+    assert_ne!(addr.port(), config.status_addr.port());
 }
 
 #[test]
@@ -246,21 +280,39 @@ fn probes_target_the_status_endpoint() {
 #[tokio::test]
 async fn the_probe_paths_answer_on_the_real_status_endpoint() {
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let (addr, serving) = wireseal::http::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        wireseal::status::SharedStatus::default(),
-        wireseal::metrics::Metrics::new(),
-        shutdown,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(serving);
-    let get =
-        move |path: &'static str| tokio::task::spawn_blocking(move || http_status(addr, path));
-    assert_eq!(get("/healthz").await.unwrap(), 200);
+    let serve = |endpoint| {
+        let shutdown = shutdown.clone();
+        async move {
+            let listener =
+                wireseal::http::bind_tcp("127.0.0.1:0".parse().unwrap(), "--flag", "ENV")
+                    .await
+                    .unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(wireseal::http::serve_tcp(
+                listener,
+                endpoint,
+                wireseal::status::SharedStatus::default(),
+                wireseal::metrics::Metrics::new(),
+                shutdown,
+            ));
+            addr
+        }
+    };
+    let probes = serve(wireseal::http::Endpoint::Probes).await;
+    let metrics = serve(wireseal::http::Endpoint::Metrics).await;
+    let get = move |addr, path: &'static str| {
+        tokio::task::spawn_blocking(move || http_status(addr, path))
+    };
+    assert_eq!(get(probes, "/healthz").await.unwrap(), 200);
     // Not ready before the first Node list: the rollout waits for that.
-    assert_eq!(get("/readyz").await.unwrap(), 503);
-    assert_eq!(get("/no-such-path").await.unwrap(), 404);
+    assert_eq!(get(probes, "/readyz").await.unwrap(), 503);
+    assert_eq!(get(probes, "/no-such-path").await.unwrap(), 404);
+    // The peer listing is not on TCP at all, the metrics only on their own port.
+    assert_eq!(get(probes, "/status").await.unwrap(), 404);
+    assert_eq!(get(probes, "/metrics").await.unwrap(), 404);
+    assert_eq!(get(metrics, "/metrics").await.unwrap(), 200);
+    assert_eq!(get(metrics, "/status").await.unwrap(), 404);
+    assert_eq!(get(metrics, "/healthz").await.unwrap(), 404);
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> u16 {

@@ -18,6 +18,10 @@
 #                                Any other error: exit 1 (the container restarts
 #                                and its log says why).
 #
+# With --check it is the container's liveness probe instead: a running tunnel
+# (its UAPI socket exists) must answer `wireseal-tunnel --check` (every datapath
+# thread made progress in the last 10 s); an idle container passes.
+#
 # Idle means: stay up doing nothing (so the pod stays Ready and the container is
 # not restarted in a loop) and exit 0 on SIGTERM. wireseal-tunnel reads its
 # settings from the same WIRESEAL_* variables (WIRESEAL_INTERFACE, required).
@@ -28,6 +32,13 @@ datapath="${WIRESEAL_DATAPATH:-auto}"
 interface="${WIRESEAL_INTERFACE:?set it to the interface the agent uses (its --interface)}"
 # A scratch link name that never collides with the agent's interface.
 probe=wireseal-probe
+
+if [ "${1:-}" = "--check" ]; then
+    if [ -S "${WIRESEAL_UAPI_DIR:-/var/run/wireguard}/$interface.sock" ]; then
+        exec wireseal-tunnel --check
+    fi
+    exit 0
+fi
 
 idle() {
     echo "$me: $1; the agent uses kernel WireGuard, wireseal-tunnel is not started" >&2

@@ -53,10 +53,13 @@
 //!   both directions against Debian's wireguard-tools.
 
 mod error;
+pub mod esp;
 mod file;
 mod private_key;
+mod process;
 mod store;
 
 pub use error::KeyStoreError;
 pub use private_key::{PrivateKey, PrivateKeyError, is_clamped};
+pub use process::harden_process;
 pub use store::{KEY_FILE, KeyOrigin, KeyStore, NEXT_KEY_FILE};

@@ -82,7 +82,7 @@ impl PrivateKey {
         let bytes = Zeroizing::new(decode_key_bytes(text).map_err(|err| match err {
             // The base64 crate's message quotes the offending symbol, which is a
             // character of the secret.
-            KeyError::Base64 => PrivateKeyError::Base64,
+            KeyError::Base64 | KeyError::Hex => PrivateKeyError::Base64,
             KeyError::Length(len) => PrivateKeyError::Length(len),
             KeyError::AllZero | KeyError::LowOrder => PrivateKeyError::PublicKey(err),
         })?);

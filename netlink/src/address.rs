@@ -15,7 +15,7 @@ use wireseal_core::Family;
 
 use crate::conn::Netlink;
 use crate::error::{Errno, Error, Op};
-use crate::route::address_family;
+use crate::family::address_family;
 
 /// One address on one of the node's interfaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -166,7 +166,7 @@ pub fn is_link_local(address: IpAddr) -> bool {
 /// `RTM_NEWADDR`/`RTM_DELADDR` for `address` on link `index`, as `ip addr`
 /// sends it: `IFA_LOCAL` and `IFA_ADDRESS` both the address (no peer), so a
 /// delete matches the prefix length too.
-fn address_message(index: u32, address: IpNetwork) -> AddressMessage {
+pub(crate) fn address_message(index: u32, address: IpNetwork) -> AddressMessage {
     let family = match address {
         IpNetwork::V4(_) => Family::V4,
         IpNetwork::V6(_) => Family::V6,

@@ -7,8 +7,6 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use wireseal_core::Family;
 
-use crate::apply::ApplyError;
-
 /// A kernel error number (positive, as in `errno.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Errno(pub i32);
@@ -103,6 +101,15 @@ pub enum Op {
         /// Routing table.
         table: u32,
     },
+    /// Adding or replacing a catch-all (blackhole or throw).
+    ReplaceCatchAll {
+        /// Destination.
+        dst: IpNetwork,
+        /// Blackhole or throw.
+        kind: String,
+        /// Routing table.
+        table: u32,
+    },
     /// Deleting a route.
     DeleteRoute {
         /// Destination.
@@ -154,6 +161,17 @@ pub enum Op {
     },
     /// Resolving the `wireguard` generic netlink family.
     WgResolveFamily,
+    /// Reading the leak counters (the `inet wireseal` table's rules).
+    ReadLeakCounters,
+    /// Creating the leak-counting table afresh.
+    CreateLeakTable,
+    /// Replacing the leak counter's sets of remote pod CIDRs.
+    SetLeakCidrs {
+        /// How many CIDRs (both families).
+        count: usize,
+    },
+    /// Deleting the leak-counting table.
+    DeleteLeakTable,
 }
 
 impl fmt::Display for Op {
@@ -184,6 +202,9 @@ impl fmt::Display for Op {
                 }
                 write!(f, " table {table}")
             }
+            Self::ReplaceCatchAll { dst, kind, table } => {
+                write!(f, "replace {kind} {dst} table {table}")
+            }
             Self::DeleteRoute { dst, table } => write!(f, "delete route {dst} table {table}"),
             Self::GetRoute { dst } => write!(f, "get route to {dst}"),
             Self::DumpRules { family } => write!(f, "list {family} rules"),
@@ -206,6 +227,17 @@ impl fmt::Display for Op {
                 )
             }
             Self::WgResolveFamily => f.write_str("resolve the wireguard generic netlink family"),
+            Self::ReadLeakCounters => {
+                f.write_str("read the leak counters (nftables inet wireseal)")
+            }
+            Self::CreateLeakTable => f.write_str("create the nftables table inet wireseal"),
+            Self::SetLeakCidrs { count } => {
+                write!(
+                    f,
+                    "set the {count} remote pod CIDRs of nftables table inet wireseal"
+                )
+            }
+            Self::DeleteLeakTable => f.write_str("delete the nftables table inet wireseal"),
         }
     }
 }
@@ -224,6 +256,15 @@ pub enum Error {
         op: Op,
         /// The kernel's errno.
         errno: Errno,
+    },
+    /// Sending or receiving on the socket failed, or the kernel did not answer in time.
+    #[error("{op}: {source}")]
+    Io {
+        /// The operation.
+        op: Op,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
     },
     /// The request could not be sent: the connection task has stopped.
     #[error("{op}: the netlink connection is closed")]
@@ -276,9 +317,13 @@ pub enum Error {
         /// Destination address.
         dst: IpAddr,
     },
-    /// Applying a plan failed for some items; the others were applied.
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
+    /// A plan step that a datapath carries out, not this crate's routing
+    /// (creating the tunnel link, changing the WireGuard device).
+    #[error("not a link, address, route or rule step: {step}")]
+    NotANetlinkStep {
+        /// The step.
+        step: String,
+    },
 }
 
 impl Error {
@@ -293,6 +338,25 @@ impl Error {
 }
 
 /// Checks an interface name the way the kernel does (`IFNAMSIZ` = 16 with NUL).
+impl Error {
+    /// Whether the kernel lacks what the request needs (`nf_tables`, or
+    /// netlink's netfilter family itself) rather than refusing this request.
+    /// A rule dump names a missing subsystem `EINVAL`, a batch `EOPNOTSUPP`.
+    #[must_use]
+    pub fn unsupported(&self) -> bool {
+        match self {
+            Self::Socket(err) => err.raw_os_error() == Some(libc::EPROTONOSUPPORT),
+            Self::Kernel { op, errno } => {
+                matches!(
+                    errno.0,
+                    libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT
+                ) || (*op == Op::ReadLeakCounters && errno.0 == libc::EINVAL)
+            }
+            _ => false,
+        }
+    }
+}
+
 pub(crate) fn check_name(iface: &str) -> Result<(), Error> {
     if iface.is_empty()
         || iface.len() >= 16

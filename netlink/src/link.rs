@@ -1,5 +1,5 @@
 //! Links: find by name or index, set MTU and up, delete, create a kernel
-//! WireGuard link. TUN devices are never created here: the userspace datapath
+//! WireGuard link or an XFRM interface. TUN devices are never created here: the userspace datapath
 //! process owns its TUN.
 
 use std::collections::BTreeMap;
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoXfrm, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use tracing::info;
 
@@ -16,6 +16,8 @@ use crate::error::{Errno, Error, Op, check_name};
 
 /// The link kind of kernel WireGuard interfaces.
 pub const WIREGUARD_KIND: &str = "wireguard";
+/// The kernel's link kind of an XFRM interface.
+pub const XFRM_KIND: &str = "xfrm";
 
 /// A link as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,20 +179,64 @@ impl Netlink {
     /// userspace; [`Error::WrongLinkKind`] when the name is taken by another
     /// kind of link; otherwise the kernel's error.
     pub async fn create_wireguard(&self, iface: &str) -> Result<(), Error> {
+        let result = self
+            .create_link(
+                iface,
+                WIREGUARD_KIND,
+                vec![NlLinkInfo::Kind(InfoKind::Wireguard)],
+            )
+            .await;
+        match result {
+            Err(err) => match err.errno() {
+                Some(errno) if is_unsupported_kind(errno) => Err(Error::WireGuardUnsupported {
+                    iface: iface.to_owned(),
+                    errno,
+                }),
+                _ => Err(err),
+            },
+            ok => ok,
+        }
+    }
+
+    /// Creates an XFRM interface (IPsec mode): packets routed into it are
+    /// encrypted by the SAs whose policies carry its `if_id`, and decrypted
+    /// packets of those SAs arrive on it. An existing `xfrm` link of that
+    /// name is adopted.
+    ///
+    /// # Errors
+    /// [`Error::WrongLinkKind`] when the name is taken by another kind of
+    /// link; otherwise the kernel's error (`EOPNOTSUPP` or `ENOENT` on a
+    /// kernel without `xfrm_interface`).
+    pub async fn create_xfrm(&self, iface: &str, if_id: u32) -> Result<(), Error> {
+        self.create_link(
+            iface,
+            XFRM_KIND,
+            vec![
+                NlLinkInfo::Kind(InfoKind::Xfrm),
+                NlLinkInfo::Data(InfoData::Xfrm(vec![InfoXfrm::IfId(if_id)])),
+            ],
+        )
+        .await
+    }
+
+    /// Creates a link of `kind`; an existing link of that name and kind is
+    /// adopted (success, nothing changed).
+    async fn create_link(
+        &self,
+        iface: &str,
+        kind: &'static str,
+        info: Vec<NlLinkInfo>,
+    ) -> Result<(), Error> {
         check_name(iface)?;
         let op = Op::CreateLink {
             iface: iface.to_owned(),
-            kind: WIREGUARD_KIND,
+            kind,
         };
         let mut message = LinkMessage::default();
         message
             .attributes
             .push(LinkAttribute::IfName(iface.to_owned()));
-        message
-            .attributes
-            .push(LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(
-                InfoKind::Wireguard,
-            )]));
+        message.attributes.push(LinkAttribute::LinkInfo(info));
         let result = self
             .write(
                 &op,
@@ -200,20 +246,16 @@ impl Netlink {
             .await;
         match result {
             Ok(()) => {
-                info!(iface, "created kernel wireguard link");
+                info!(iface, kind, "created link");
                 Ok(())
             }
             Err(err) => match err.errno() {
-                Some(errno) if is_unsupported_kind(errno) => Err(Error::WireGuardUnsupported {
-                    iface: iface.to_owned(),
-                    errno,
-                }),
                 Some(Errno(libc::EEXIST)) => match self.link(iface).await? {
-                    Some(link) if link.kind.as_deref() == Some(WIREGUARD_KIND) => Ok(()),
+                    Some(link) if link.kind.as_deref() == Some(kind) => Ok(()),
                     Some(link) => Err(Error::WrongLinkKind {
                         iface: iface.to_owned(),
                         found: link.kind,
-                        expected: WIREGUARD_KIND,
+                        expected: kind,
                     }),
                     // Deleted between the two requests: report the original error.
                     None => Err(err),

@@ -10,7 +10,8 @@ use wireseal_core::Family;
 
 use crate::conn::Netlink;
 use crate::error::{Error, Op};
-use crate::route::{address_family, parse_route, route_address, route_table};
+use crate::family::{address_family, route_address};
+use crate::route::{parse_route, route_table};
 
 /// The main routing table (`RT_TABLE_MAIN`).
 const MAIN_TABLE: u32 = 254;

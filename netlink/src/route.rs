@@ -10,10 +10,11 @@ use netlink_packet_route::route::{
     RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use wireseal_core::{Family, RouteSpec};
+use wireseal_core::{CatchAll, CatchAllKind, Family, RouteSpec};
 
 use crate::conn::Netlink;
 use crate::error::{Errno, Error, Op};
+use crate::family::{address_family, header_table, route_address};
 
 impl Netlink {
     /// Every route in `table`, IPv4 and IPv6, by destination, with the output
@@ -29,6 +30,56 @@ impl Netlink {
     pub async fn routes(&self, table: u32) -> Result<BTreeMap<IpNetwork, RouteSpec>, Error> {
         let links = self.links().await?;
         let mut routes = BTreeMap::new();
+        for parsed in self.dump_table(table).await? {
+            let dev = parsed
+                .oif
+                .and_then(|index| links.get(&index))
+                .map(|link| link.name.clone())
+                .unwrap_or_default();
+            routes.insert(
+                parsed.dst,
+                RouteSpec {
+                    dst: parsed.dst,
+                    dev,
+                    mtu: parsed.mtu.unwrap_or(0),
+                    src: parsed.prefsrc,
+                },
+            );
+        }
+        Ok(routes)
+    }
+
+    /// Every route in the catch-all `table`, by destination: blackholes and
+    /// throws as such, anything else as [`CatchAllKind::Other`] (never one
+    /// wireseal wrote there).
+    ///
+    /// # Errors
+    /// The kernel's error for the route dumps.
+    pub async fn catch_alls(&self, table: u32) -> Result<BTreeMap<IpNetwork, CatchAll>, Error> {
+        Ok(self
+            .dump_table(table)
+            .await?
+            .into_iter()
+            .map(|parsed| {
+                let kind = match parsed.kind {
+                    RouteType::BlackHole => CatchAllKind::Blackhole,
+                    RouteType::Throw => CatchAllKind::Throw,
+                    _ => CatchAllKind::Other,
+                };
+                (
+                    parsed.dst,
+                    CatchAll {
+                        dst: parsed.dst,
+                        kind,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// The routes of `table`, both families.
+    async fn dump_table(&self, table: u32) -> Result<Vec<ParsedRoute>, Error> {
+        let mut out = Vec::new();
         for family in [Family::V4, Family::V6] {
             let op = Op::DumpRoutes { family };
             let mut request = RouteMessage::default();
@@ -43,26 +94,35 @@ impl Netlink {
                 if route_table(&message) != table {
                     continue;
                 }
-                let Some(parsed) = parse_route(&message) else {
-                    continue;
-                };
-                let dev = parsed
-                    .oif
-                    .and_then(|index| links.get(&index))
-                    .map(|link| link.name.clone())
-                    .unwrap_or_default();
-                routes.insert(
-                    parsed.dst,
-                    RouteSpec {
-                        dst: parsed.dst,
-                        dev,
-                        mtu: parsed.mtu.unwrap_or(0),
-                        src: parsed.prefsrc,
-                    },
-                );
+                out.extend(parse_route(&message));
             }
         }
-        Ok(routes)
+        Ok(out)
+    }
+
+    /// Adds `catch_all` to `table`, or replaces the route with the same
+    /// destination in one write: a blackhole becoming a throw (or back)
+    /// never leaves the destination without one.
+    ///
+    /// # Errors
+    /// The kernel's error (an `EEXIST` is success).
+    pub async fn replace_catch_all(&self, catch_all: &CatchAll, table: u32) -> Result<(), Error> {
+        let op = Op::ReplaceCatchAll {
+            dst: catch_all.dst,
+            kind: catch_all.kind.to_string(),
+            table,
+        };
+        match self
+            .write(
+                &op,
+                RouteNetlinkMessage::NewRoute(catch_all_message(catch_all, table)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            )
+            .await
+        {
+            Err(err) if err.errno() == Some(Errno(libc::EEXIST)) => Ok(()),
+            other => other,
+        }
     }
 
     /// Adds `route` to `table`, or replaces the route with the same destination
@@ -156,6 +216,29 @@ pub(crate) fn replace_message(route: &RouteSpec, oif: u32, table: u32) -> RouteM
     message
 }
 
+/// `RTM_NEWROUTE` for `blackhole|throw dst table T`: no device, so nothing
+/// but wireseal removes it. A kind wireseal does not write is never asked for.
+pub(crate) fn catch_all_message(catch_all: &CatchAll, table: u32) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    message.header = RouteHeader {
+        address_family: address_family(Family::of(&catch_all.dst)),
+        destination_prefix_length: catch_all.dst.prefix(),
+        table: header_table(table),
+        protocol: RouteProtocol::Static,
+        scope: RouteScope::Universe,
+        kind: match catch_all.kind {
+            CatchAllKind::Throw => RouteType::Throw,
+            CatchAllKind::Blackhole | CatchAllKind::Other => RouteType::BlackHole,
+        },
+        ..RouteHeader::default()
+    };
+    message.attributes = vec![
+        RouteAttribute::Table(table),
+        RouteAttribute::Destination(route_address(catch_all.dst.network())),
+    ];
+    message
+}
+
 /// `RTM_DELROUTE` for `dst table T`: scope "nowhere" and type/protocol
 /// unspecified match any route with that destination, as `ip route del` does.
 fn delete_message(dst: IpNetwork, table: u32) -> RouteMessage {
@@ -182,6 +265,7 @@ pub(crate) struct ParsedRoute {
     pub(crate) mtu: Option<u32>,
     pub(crate) prefsrc: Option<IpAddr>,
     pub(crate) priority: u32,
+    pub(crate) kind: RouteType,
 }
 
 pub(crate) fn parse_route(message: &RouteMessage) -> Option<ParsedRoute> {
@@ -200,6 +284,7 @@ pub(crate) fn parse_route(message: &RouteMessage) -> Option<ParsedRoute> {
         mtu: None,
         prefsrc: None,
         priority: 0,
+        kind: message.header.kind,
     };
     for attribute in &message.attributes {
         match attribute {
@@ -238,23 +323,6 @@ pub(crate) fn route_table(message: &RouteMessage) -> u32 {
             _ => None,
         })
         .unwrap_or_else(|| u32::from(message.header.table))
-}
-
-/// The 8-bit header table field: the table itself when it fits, else
-/// `RT_TABLE_UNSPEC` with the real id in the `RTA_TABLE`/`FRA_TABLE` attribute.
-pub(crate) fn header_table(table: u32) -> u8 {
-    u8::try_from(table).unwrap_or(0)
-}
-
-pub(crate) fn address_family(family: Family) -> AddressFamily {
-    match family {
-        Family::V4 => AddressFamily::Inet,
-        Family::V6 => AddressFamily::Inet6,
-    }
-}
-
-pub(crate) fn route_address(ip: IpAddr) -> RouteAddress {
-    RouteAddress::from(ip)
 }
 
 #[cfg(test)]

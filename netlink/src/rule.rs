@@ -10,7 +10,7 @@ use wireseal_core::{Family, RuleSpec};
 
 use crate::conn::Netlink;
 use crate::error::{Errno, Error, Op};
-use crate::route::{address_family, header_table};
+use crate::family::{address_family, header_table};
 
 /// The rules found at wireseal's priority.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -7,22 +7,23 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use common::Netns;
 use ipnetwork::IpNetwork;
-use wireseal_core::{LinkPlan, RouteSpec, RoutingPlan, host_address};
-use wireseal_netlink::{AddressInfo, ApplyItem, Error, Netlink, RoutingIds};
+use wireseal_core::{Changes, LinkChanges, RouteSpec, RoutingChanges, Step, host_address};
+use wireseal_netlink::{AddressInfo, Error, Netlink, RoutingIds};
+use wireseal_netns::Netns;
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn every_address_is_listed_with_its_interface_and_usability() {
     let ns = Netns::new();
     ns.veth("wsa0", "wsa1");
     // A pod gateway as ptp CNIs put it on every pod veth, and as a bridge
     // CNI puts it on its bridge: the same /32 on two devices is listed twice.
-    ns.ip(&["addr", "add", "10.244.0.1/32", "dev", "wsa0"]);
-    ns.ip(&["addr", "add", "10.244.0.1/32", "dev", "wsa1"]);
+    ns.run_ip(&["addr", "add", "10.244.0.1/32", "dev", "wsa0"]);
+    ns.run_ip(&["addr", "add", "10.244.0.1/32", "dev", "wsa1"]);
     // An IPv6 address still in duplicate address detection: DAD with 10
     // probes a second apart keeps it tentative for the whole test.
-    ns.ip(&[
+    ns.run_ip(&[
         "link", "add", "wsa2", "type", "veth", "peer", "name", "wsa3",
     ]);
     ns.run(|| async {
@@ -30,9 +31,9 @@ fn every_address_is_listed_with_its_interface_and_usability() {
         std::fs::write("/proc/sys/net/ipv6/conf/wsa2/accept_dad", "1").unwrap();
         std::fs::write("/proc/sys/net/ipv6/conf/wsa2/dad_transmits", "10").unwrap();
     });
-    ns.ip(&["link", "set", "wsa2", "up"]);
-    ns.ip(&["link", "set", "wsa3", "up"]);
-    ns.ip(&["addr", "add", "fd00:244::1/64", "dev", "wsa2"]);
+    ns.run_ip(&["link", "set", "wsa2", "up"]);
+    ns.run_ip(&["link", "set", "wsa3", "up"]);
+    ns.run_ip(&["addr", "add", "fd00:244::1/64", "dev", "wsa2"]);
 
     let (addresses, wsa0, wsa1, wsa2) = ns.run(|| async {
         let nl = Netlink::connect().unwrap();
@@ -75,11 +76,12 @@ fn every_address_is_listed_with_its_interface_and_usability() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn adding_and_deleting_an_address_is_idempotent_and_listed_per_link() {
     let ns = Netns::new();
     // The userspace datapath's link is a TUN device; a persistent one stands in.
-    ns.ip(&["tuntap", "add", "dev", "wsad0", "mode", "tun"]);
-    ns.ip(&["link", "set", "wsad0", "up"]);
+    ns.run_ip(&["tuntap", "add", "dev", "wsad0", "mode", "tun"]);
+    ns.run_ip(&["link", "set", "wsad0", "up"]);
     ns.veth("wsa0", "wsa1");
     let v4: IpNetwork = "10.244.0.1/32".parse().unwrap();
     let wide: IpNetwork = "10.244.0.1/24".parse().unwrap();
@@ -108,7 +110,7 @@ fn adding_and_deleting_an_address_is_idempotent_and_listed_per_link() {
             "listed once each, IPv6 usable at once (no DAD): {listed:#?}"
         );
         assert!(listed.iter().all(|a| a.index == index));
-        let shown = ns.ip(&["addr", "show", "dev", "wsad0"]);
+        let shown = ns.run_ip(&["addr", "show", "dev", "wsad0"]);
         assert!(
             shown.contains("inet 10.244.0.1/32 scope global wsad0"),
             "{shown}"
@@ -117,7 +119,7 @@ fn adding_and_deleting_an_address_is_idempotent_and_listed_per_link() {
             shown.contains("inet6 fd00:244::1/128 scope global nodad noprefixroute"),
             "{shown}"
         );
-        let v6_routes = ns.ip(&["-6", "route", "show", "table", "all", "dev", "wsad0"]);
+        let v6_routes = ns.run_ip(&["-6", "route", "show", "table", "all", "dev", "wsad0"]);
         assert!(
             v6_routes.lines().all(|l| !l.starts_with("fd00:244::1 ")),
             "no prefix route: {v6_routes}"
@@ -168,20 +170,22 @@ fn adding_and_deleting_an_address_is_idempotent_and_listed_per_link() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn observe_reads_the_link_s_own_addresses_and_apply_changes_them_in_order() {
     let ns = Netns::new();
-    ns.ip(&["tuntap", "add", "dev", "wsad1", "mode", "tun"]);
-    ns.ip(&["link", "set", "wsad1", "up"]);
+    ns.run_ip(&["tuntap", "add", "dev", "wsad1", "mode", "tun"]);
+    ns.run_ip(&["link", "set", "wsad1", "up"]);
     // An address somebody put on our link by hand, and the kernel's
     // link-local one (left alone: not wireseal's).
-    ns.ip(&["addr", "add", "198.51.100.7/32", "dev", "wsad1"]);
-    ns.ip(&["addr", "add", "fe80::7/64", "dev", "wsad1", "nodad"]);
+    ns.run_ip(&["addr", "add", "198.51.100.7/32", "dev", "wsad1"]);
+    ns.run_ip(&["addr", "add", "fe80::7/64", "dev", "wsad1", "nodad"]);
     // The CNI's gateway, elsewhere.
     ns.veth("wsa2", "wsa3");
-    ns.ip(&["addr", "add", "10.244.0.1/24", "dev", "wsa2"]);
+    ns.run_ip(&["addr", "add", "10.244.0.1/24", "dev", "wsa2"]);
     let ids = RoutingIds {
         table: 51830,
         priority: 5210,
+        catch_all_table: 51831,
     };
     let route = RouteSpec {
         dst: "10.244.1.0/24".parse().unwrap(),
@@ -200,48 +204,44 @@ fn observe_reads_the_link_s_own_addresses_and_apply_changes_them_in_order() {
             "link-local left out"
         );
         // The agent's plan for this link: the source on, the stray off.
-        let link_plan = LinkPlan {
-            add_addresses: BTreeSet::from([host_address(route.src.unwrap())]),
-            remove_addresses: link.addresses.clone(),
-            ..LinkPlan::default()
-        };
-        let routing = RoutingPlan {
-            add_routes: [(route.dst, route.clone())].into(),
-            ..RoutingPlan::default()
-        };
-        nl.apply_routing(ids.table, "wsad1", &link_plan, &routing)
-            .await
-            .unwrap();
+        let plan = Changes {
+            link: LinkChanges {
+                name: "wsad1".into(),
+                add_addresses: BTreeSet::from([host_address(route.src.unwrap())]),
+                remove_addresses: link.addresses.clone(),
+                ..LinkChanges::default()
+            },
+            routing: RoutingChanges {
+                add_routes: [(route.dst, route.clone())].into(),
+                ..RoutingChanges::default()
+            },
+            ..Changes::default()
+        }
+        .into_plan();
+        let failed = common::apply_steps(&nl, ids, &plan).await;
+        assert!(failed.is_empty(), "{failed:?}");
         let observed = nl.observe_routing("wsad1", ids).await.unwrap();
         assert_eq!(
             observed.state.link.unwrap().addresses,
             BTreeSet::from(["10.244.0.1/32".parse().unwrap()])
         );
         assert_eq!(observed.state.routes.get(&route.dst), Some(&route));
-        let shown = ns.ip(&["addr", "show", "dev", "wsad1"]);
+        let shown = ns.run_ip(&["addr", "show", "dev", "wsad1"]);
         assert!(shown.contains("fe80::7/64"), "{shown}");
 
-        // An address that cannot be added is reported by name, and the rest
-        // of the plan still goes in.
-        let bad = LinkPlan {
-            add_addresses: BTreeSet::from(["10.244.0.9/32".parse().unwrap()]),
-            ..LinkPlan::default()
+        // An address that cannot be added is reported by name.
+        let bad = Step::AddAddress {
+            link: "wsnone1".into(),
+            address: "10.244.0.9/32".parse().unwrap(),
         };
         let err = nl
-            .apply_routing(ids.table, "wsnone1", &bad, &RoutingPlan::default())
+            .apply_step(ids, &bad, &mut Default::default())
             .await
             .unwrap_err();
-        assert_eq!(
-            err.failures[0].item,
-            ApplyItem::AddAddress {
-                iface: "wsnone1".into(),
-                address: "10.244.0.9/32".parse().unwrap()
-            }
-        );
         assert!(
-            err.to_string()
-                .contains("add address 10.244.0.9/32 to wsnone1: no link named wsnone1"),
-            "{err}"
+            matches!(&err, Error::LinkNotFound { iface } if iface == "wsnone1"),
+            "{err:?}"
         );
+        assert_eq!(bad.to_string(), "add address 10.244.0.9/32 to wsnone1");
     });
 }

@@ -8,21 +8,20 @@
 //! pass without having touched the kernel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::Netns;
 use ipnetwork::IpNetwork;
 use wireseal_core::{
-    DesiredState, DevicePlan, DeviceSpec, LinkSpec, ObservedState, PeerConfig, PublicKey, plan,
+    Changes, DesiredState, DevicePlan, DeviceSpec, LinkSpec, ObservedState, PeerConfig, PublicKey,
+    Step, changes, plan,
 };
 use wireseal_keymgr::PrivateKey;
-use wireseal_netlink::wireguard::{DeviceStep, WgDevice};
+use wireseal_netlink::wireguard::WgDevice;
 use wireseal_netlink::{Netlink, WireGuard};
+use wireseal_netns::Netns;
 
 const WHERE: &str = "needs a kernel with WireGuard: vagrant/vmlab.sh runs it inside its VMs";
 
@@ -80,6 +79,7 @@ fn desired_state(own: PublicKey, peers: BTreeMap<PublicKey, PeerConfig>) -> Desi
             peers,
         },
         routes: BTreeMap::new(),
+        catch_alls: BTreeMap::new(),
         rules: BTreeSet::new(),
     }
 }
@@ -92,19 +92,29 @@ fn observed_state(device: &WgDevice) -> ObservedState {
             mtu: 1420,
             addresses: BTreeSet::new(),
         }),
-        device: Some(device.to_observed()),
+        device: device.to_observation().device,
         routes: BTreeMap::new(),
+        catch_alls: BTreeMap::new(),
         rules: BTreeSet::new(),
     }
 }
 
-/// Applies a device plan in the agent's two steps, returning the messages sent.
+/// Applies device changes as the agent does: as the plan's device steps
+/// (settings and upserts, then removals), returning the messages sent.
 async fn apply(wg: &WireGuard, plan: &DevicePlan, key: &PrivateKey) -> u64 {
     let before = wg.writes();
-    for step in [DeviceStep::SettingsAndUpserts, DeviceStep::Removals] {
-        wg.set_device("wk0", plan, key.as_bytes(), step)
+    let steps = Changes {
+        device: plan.clone(),
+        ..Changes::default()
+    }
+    .into_plan();
+    for step in steps.steps() {
+        let Step::Device(device) = step else {
+            panic!("a device change planned as {step}");
+        };
+        wg.set_device("wk0", device, key.as_bytes())
             .await
-            .unwrap_or_else(|err| panic!("{step:?} of the plan failed: {err}"));
+            .unwrap_or_else(|err| panic!("{step} failed: {err}"));
     }
     wg.writes() - before
 }
@@ -134,7 +144,7 @@ fn five_thousand_peers_are_set_read_back_and_changed_by_difference() {
         let mut desired = desired_state(own.public_key(), peers);
 
         // 1. The whole set on an empty device.
-        let first = plan(&desired, &ObservedState::default());
+        let first = changes(&desired, &ObservedState::default());
         assert_eq!(first.device.upsert_peers.len(), PEERS as usize);
         let messages = apply(&wg, &first.device, &own).await;
         let device = wg.get_device("wk0").await.unwrap();
@@ -187,7 +197,7 @@ fn five_thousand_peers_are_set_read_back_and_changed_by_difference() {
             .allowed_ips
             .insert(net("10.200.0.0/24"));
         peers.get_mut(&wide).unwrap().allowed_ips = peer_config(0).allowed_ips;
-        let change = plan(&desired, &observed);
+        let change = changes(&desired, &observed);
         assert_eq!(change.device.remove_peers.len(), 2);
         assert_eq!(change.device.upsert_peers.len(), 4);
         assert_eq!(
@@ -218,7 +228,7 @@ fn five_thousand_peers_are_set_read_back_and_changed_by_difference() {
             .unwrap()
             .allowed_ips
             .remove(&net("10.200.0.0/24"));
-        let change = plan(&desired, &observed);
+        let change = changes(&desired, &observed);
         assert_eq!(change.device.upsert_peers.len(), 1);
         assert_eq!(change.device.remove_allowed_ips.len(), 1);
         assert_eq!(
@@ -247,7 +257,7 @@ struct Triangle {
 impl Triangle {
     fn new() -> Self {
         let (a, b, c) = (Netns::new(), Netns::new(), Netns::new());
-        a.ip(&[
+        a.run_ip(&[
             "link",
             "add",
             "wkab",
@@ -259,7 +269,7 @@ impl Triangle {
             "netns",
             b.name(),
         ]);
-        a.ip(&[
+        a.run_ip(&[
             "link",
             "add",
             "wkac",
@@ -277,17 +287,17 @@ impl Triangle {
             (&a, "wkac", "198.51.100.1/24"),
             (&c, "wkca", "198.51.100.2/24"),
         ] {
-            ns.ip(&["addr", "add", addr, "dev", dev]);
-            ns.ip(&["link", "set", dev, "up"]);
+            ns.run_ip(&["addr", "add", addr, "dev", dev]);
+            ns.run_ip(&["link", "set", dev, "up"]);
         }
         for (ns, addr) in [
             (&a, "10.0.0.1/24"),
             (&b, "10.0.0.2/24"),
             (&c, "10.0.0.3/24"),
         ] {
-            ns.ip(&["link", "add", "wk0", "type", "wireguard"]);
-            ns.ip(&["addr", "add", addr, "dev", "wk0"]);
-            ns.ip(&["link", "set", "wk0", "up"]);
+            ns.run_ip(&["link", "add", "wk0", "type", "wireguard"]);
+            ns.run_ip(&["addr", "add", addr, "dev", "wk0"]);
+            ns.run_ip(&["link", "set", "wk0", "up"]);
         }
         Self { a, b, c }
     }

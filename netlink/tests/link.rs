@@ -1,18 +1,17 @@
 //! Links, the WireGuard probe and the underlay MTU, in a private namespace.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::IpAddr;
 
-use common::Netns;
 use wireseal_core::{DevicePlan, Family};
 use wireseal_netlink::{Errno, Error, Netlink, WireGuard};
+use wireseal_netns::Netns;
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn find_set_and_delete_links() {
     let ns = Netns::new();
-    ns.ip(&[
+    ns.run_ip(&[
         "link", "add", "wsa0", "type", "veth", "peer", "name", "wsa1",
     ]);
     ns.run(|| async {
@@ -36,7 +35,7 @@ fn find_set_and_delete_links() {
         nl.set_up("wsa0").await.unwrap();
         let link = nl.link("wsa0").await.unwrap().unwrap();
         assert_eq!((link.mtu, link.up), (1420, true));
-        let shown = ns.ip(&["link", "show", "wsa0"]);
+        let shown = ns.run_ip(&["link", "show", "wsa0"]);
         assert!(
             shown.contains("mtu 1420") && shown.contains("MULTICAST,UP"),
             "{shown}"
@@ -54,13 +53,14 @@ fn find_set_and_delete_links() {
         nl.delete_link("wsa0").await.unwrap();
         assert!(nl.link("wsa0").await.unwrap().is_none());
         assert!(
-            !ns.ip(&["link", "show"]).contains("wsa1"),
+            !ns.run_ip(&["link", "show"]).contains("wsa1"),
             "deleting a veth deletes its peer"
         );
     });
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn creating_a_wireguard_link_here_reports_unsupported() {
     let ns = Netns::new();
     // This host's kernel has no WireGuard: `ip link add x type wireguard`
@@ -79,6 +79,7 @@ fn creating_a_wireguard_link_here_reports_unsupported() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn wireguard_genetlink_on_this_host_reports_unsupported() {
     let ns = Netns::new();
     ns.run(|| async {
@@ -95,7 +96,7 @@ fn wireguard_genetlink_on_this_host_reports_unsupported() {
             ..DevicePlan::default()
         };
         let err = wg
-            .apply_device("wireseal0", &plan, &[7; 32])
+            .set_device("wireseal0", &plan, &[7; 32])
             .await
             .unwrap_err();
         assert!(matches!(err, Error::WireGuardUnsupported { .. }), "{err:?}");
@@ -105,7 +106,7 @@ fn wireguard_genetlink_on_this_host_reports_unsupported() {
         );
         assert_eq!(wg.writes(), 1);
         // An empty plan sends nothing, so it cannot fail.
-        wg.apply_device("wireseal0", &DevicePlan::default(), &[7; 32])
+        wg.set_device("wireseal0", &DevicePlan::default(), &[7; 32])
             .await
             .unwrap();
         assert_eq!(wg.writes(), 1);
@@ -113,9 +114,10 @@ fn wireguard_genetlink_on_this_host_reports_unsupported() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn creating_wireguard_over_another_kind_is_refused_not_adopted() {
     let ns = Netns::new();
-    ns.ip(&[
+    ns.run_ip(&[
         "link",
         "add",
         "wireseal0",
@@ -146,11 +148,12 @@ fn creating_wireguard_over_another_kind_is_refused_not_adopted() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn underlay_mtu_follows_route_then_device() {
     let ns = Netns::new();
     ns.veth("wsu0", "wsu1");
-    ns.ip(&["link", "set", "wsu0", "mtu", "1400"]);
-    ns.ip(&[
+    ns.run_ip(&["link", "set", "wsu0", "mtu", "1400"]);
+    ns.run_ip(&[
         "route",
         "add",
         "198.51.100.0/24",
@@ -184,7 +187,7 @@ fn underlay_mtu_follows_route_then_device() {
         ));
         let none = nl.default_route_path(Family::V4).await;
         assert!(matches!(none, Err(Error::NoRoute { .. })), "{none:?}");
-        ns.ip(&[
+        ns.run_ip(&[
             "route",
             "add",
             "default",

@@ -7,13 +7,14 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Netns, line_starting};
+use common::line_starting;
 use ipnetwork::IpNetwork;
 use wireseal_core::{
-    DesiredState, DeviceSpec, Family, LinkPlan, LinkSpec, PublicKey, RouteSpec, RoutingPlan,
-    RuleSpec, host_address, plan,
+    CatchAll, CatchAllKind, Changes, DesiredState, DeviceSpec, Family, LinkChanges, LinkSpec,
+    PublicKey, RouteSpec, RoutingChanges, RuleSpec, Step, changes, host_address, plan,
 };
-use wireseal_netlink::{ApplyItem, Errno, Error, Netlink, RoutingIds};
+use wireseal_netlink::{Errno, Error, Netlink, RoutingIds};
+use wireseal_netns::Netns;
 
 const TABLE: u32 = 51830;
 const PRIORITY: u32 = 5210;
@@ -21,7 +22,9 @@ const MARK: u32 = 0x1000_0000;
 const IDS: RoutingIds = RoutingIds {
     table: TABLE,
     priority: PRIORITY,
+    catch_all_table: CATCH_ALL_TABLE,
 };
+const CATCH_ALL_TABLE: u32 = 51831;
 const DEV: &str = "wsv0";
 
 fn route(dst: &str, mtu: u32) -> RouteSpec {
@@ -70,14 +73,16 @@ fn desired(link_mtu: u32, routes: &[RouteSpec]) -> DesiredState {
             peers: BTreeMap::new(),
         },
         routes: routes.iter().map(|r| (r.dst, r.clone())).collect(),
+        catch_alls: BTreeMap::new(),
         rules: [rule(Family::V4), rule(Family::V6)].into(),
     }
 }
 
-fn mtu(mtu: u32) -> LinkPlan {
-    LinkPlan {
+fn mtu(mtu: u32) -> LinkChanges {
+    LinkChanges {
+        name: DEV.into(),
         set_mtu: Some(mtu),
-        ..LinkPlan::default()
+        ..LinkChanges::default()
     }
 }
 
@@ -87,13 +92,13 @@ async fn reconcile(nl: &Netlink, want: &DesiredState) -> u64 {
     let before = nl.writes();
     let observed = nl.observe_routing(DEV, IDS).await.unwrap();
     let plan = plan(want, &observed.state);
-    nl.apply_routing(TABLE, DEV, &plan.link, &plan.routing)
-        .await
-        .unwrap();
+    let failed = common::apply_steps(nl, IDS, &plan).await;
+    assert!(failed.is_empty(), "{failed:?}");
     nl.writes() - before
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn apply_observe_converge_and_idempotence() {
     let ns = Netns::new();
     ns.bare_veth(DEV, "wsv1");
@@ -112,10 +117,10 @@ fn apply_observe_converge_and_idempotence() {
         assert_eq!(observed.state.rules, want.rules);
         assert_eq!(observed.state.link, Some(want.link.clone()));
         assert!(observed.foreign_rules.is_empty());
-        assert!(plan(&want, &observed.state).routing.is_empty());
+        assert!(changes(&want, &observed.state).routing.is_empty());
 
         // The kernel's view, through iproute2.
-        let v4 = ns.ip(&["route", "show", "table", "51830"]);
+        let v4 = ns.run_ip(&["route", "show", "table", "51830"]);
         for dst in ["10.244.1.0/24", "10.244.2.0/24"] {
             let line = line_starting(&v4, dst).unwrap_or_else(|| panic!("{dst} missing:\n{v4}"));
             assert!(
@@ -123,14 +128,14 @@ fn apply_observe_converge_and_idempotence() {
                 "{line}"
             );
         }
-        let v6out = ns.ip(&["-6", "route", "show", "table", "51830"]);
+        let v6out = ns.run_ip(&["-6", "route", "show", "table", "51830"]);
         let line = line_starting(&v6out, "fd00:244:1::/64").expect(&v6out);
         assert!(
             line.contains("dev wsv0") && line.contains("mtu 1340"),
             "{line}"
         );
-        let rules4 = ns.ip(&["rule", "show"]);
-        let rules6 = ns.ip(&["-6", "rule", "show"]);
+        let rules4 = ns.run_ip(&["rule", "show"]);
+        let rules6 = ns.run_ip(&["-6", "rule", "show"]);
         for rules in [&rules4, &rules6] {
             let line = line_starting(rules, "5210:").expect(rules);
             assert_eq!(
@@ -138,26 +143,21 @@ fn apply_observe_converge_and_idempotence() {
                 "5210: not from all fwmark 0x10000000/0x10000000 lookup 51830"
             );
         }
-        assert!(ns.ip(&["link", "show", DEV]).contains("mtu 1420"));
+        assert!(ns.run_ip(&["link", "show", DEV]).contains("mtu 1420"));
 
         // Second pass of the same desired state: nothing to write.
         assert_eq!(reconcile(&nl, &want).await, 0);
-        let before = nl.writes();
-        nl.apply_routing(TABLE, DEV, &LinkPlan::default(), &RoutingPlan::default())
-            .await
-            .unwrap();
-        assert_eq!(nl.writes(), before, "an empty plan must not write");
 
         // Someone deletes our route and rule: observe sees it, one pass restores it.
-        ns.ip(&["route", "del", "10.244.1.0/24", "table", "51830"]);
-        ns.ip(&["rule", "del", "priority", "5210"]);
+        ns.run_ip(&["route", "del", "10.244.1.0/24", "table", "51830"]);
+        ns.run_ip(&["rule", "del", "priority", "5210"]);
         let observed = nl.observe_routing(DEV, IDS).await.unwrap();
         assert!(!observed.state.routes.contains_key(&v4a.dst));
         assert!(!observed.state.rules.contains(&rule(Family::V4)));
         assert_eq!(reconcile(&nl, &want).await, 2);
-        let v4 = ns.ip(&["route", "show", "table", "51830"]);
+        let v4 = ns.run_ip(&["route", "show", "table", "51830"]);
         assert!(line_starting(&v4, "10.244.1.0/24").is_some(), "{v4}");
-        assert!(line_starting(&ns.ip(&["rule", "show"]), "5210:").is_some());
+        assert!(line_starting(&ns.run_ip(&["rule", "show"]), "5210:").is_some());
 
         // An MTU change replaces the routes in place: one route per destination.
         let lower = desired(
@@ -169,10 +169,10 @@ fn apply_observe_converge_and_idempotence() {
             ],
         );
         assert_eq!(reconcile(&nl, &lower).await, 3);
-        let v4 = ns.ip(&["route", "show", "table", "51830"]);
+        let v4 = ns.run_ip(&["route", "show", "table", "51830"]);
         assert_eq!(v4.lines().count(), 2, "{v4}");
         assert!(v4.lines().all(|line| line.contains("mtu 1300")), "{v4}");
-        let v6out = ns.ip(&["-6", "route", "show", "table", "51830"]);
+        let v6out = ns.run_ip(&["-6", "route", "show", "table", "51830"]);
         assert_eq!(v6out.lines().count(), 1, "{v6out}");
         assert!(v6out.contains("mtu 1300"), "{v6out}");
 
@@ -186,20 +186,29 @@ fn apply_observe_converge_and_idempotence() {
         assert_eq!(observed.state.routes, fewer.routes);
 
         // wireseal switched off: rules first, then routes.
-        let off = RoutingPlan {
-            remove_rules: fewer.rules.clone(),
-            remove_routes: fewer.routes.keys().copied().collect(),
-            ..RoutingPlan::default()
-        };
-        nl.apply_routing(TABLE, DEV, &LinkPlan::default(), &off)
-            .await
-            .unwrap();
-        assert_eq!(ns.ip(&["route", "show", "table", "51830"]), "");
-        assert!(line_starting(&ns.ip(&["rule", "show"]), "5210:").is_none());
+        let off = Changes {
+            routing: RoutingChanges {
+                remove_rules: fewer.rules.clone(),
+                remove_routes: fewer.routes.keys().copied().collect(),
+                ..RoutingChanges::default()
+            },
+            ..Changes::default()
+        }
+        .into_plan();
+        let kinds: Vec<bool> = off
+            .steps()
+            .iter()
+            .map(|step| matches!(step, Step::RemoveRule(_)))
+            .collect();
+        assert_eq!(kinds, [true, true, false, false], "rules go first");
+        assert!(common::apply_steps(&nl, IDS, &off).await.is_empty());
+        assert_eq!(ns.run_ip(&["route", "show", "table", "51830"]), "");
+        assert!(line_starting(&ns.run_ip(&["rule", "show"]), "5210:").is_none());
     });
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn primitives_are_idempotent() {
     let ns = Netns::new();
     ns.veth(DEV, "wsv1");
@@ -211,14 +220,16 @@ fn primitives_are_idempotent() {
         nl.add_rule(&rule(Family::V4)).await.unwrap();
         // The second add reaches the kernel, which answers EEXIST: success.
         nl.add_rule(&rule(Family::V4)).await.unwrap();
-        let rules = ns.ip(&["rule", "show"]);
+        let rules = ns.run_ip(&["rule", "show"]);
         assert_eq!(
             rules.lines().filter(|l| l.starts_with("5210:")).count(),
             1,
             "{rules}"
         );
         assert_eq!(
-            ns.ip(&["route", "show", "table", "51830"]).lines().count(),
+            ns.run_ip(&["route", "show", "table", "51830"])
+                .lines()
+                .count(),
             1
         );
 
@@ -227,13 +238,14 @@ fn primitives_are_idempotent() {
         nl.delete_rule(&rule(Family::V4)).await.unwrap();
         nl.delete_rule(&rule(Family::V4)).await.unwrap();
         nl.delete_rule(&rule(Family::V6)).await.unwrap();
-        assert_eq!(ns.ip(&["route", "show", "table", "51830"]), "");
-        assert!(line_starting(&ns.ip(&["rule", "show"]), "5210:").is_none());
+        assert_eq!(ns.run_ip(&["route", "show", "table", "51830"]), "");
+        assert!(line_starting(&ns.run_ip(&["rule", "show"]), "5210:").is_none());
         assert_eq!(nl.writes(), 9);
     });
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn apply_collects_every_failure_and_applies_the_rest() {
     let ns = Netns::new();
     ns.veth(DEV, "wsv1");
@@ -244,34 +256,31 @@ fn apply_collects_every_failure_and_applies_the_rest() {
             dev: "nosuchdev0".into(),
             ..route("10.244.4.0/24", 1400)
         };
-        let plan = RoutingPlan {
-            add_routes: [(good.dst, good.clone()), (orphan.dst, orphan.clone())].into(),
-            add_rules: [rule(Family::V4)].into(),
-            ..RoutingPlan::default()
-        };
+        let plan = Changes {
+            link: mtu(60),
+            routing: RoutingChanges {
+                add_routes: [(good.dst, good.clone()), (orphan.dst, orphan.clone())].into(),
+                add_rules: [rule(Family::V4)].into(),
+                ..RoutingChanges::default()
+            },
+            ..Changes::default()
+        }
+        .into_plan();
         // MTU 60 is below the minimum for an Ethernet device (68): EINVAL.
-        let err = nl
-            .apply_routing(TABLE, DEV, &mtu(60), &plan)
-            .await
-            .unwrap_err();
-        assert_eq!(err.failures.len(), 2, "{err}");
+        let failed = common::apply_steps(&nl, IDS, &plan).await;
+        assert_eq!(failed.len(), 2, "{failed:?}");
         assert_eq!(
-            err.failures[0].item,
-            ApplyItem::SetMtu {
-                iface: DEV.into(),
+            failed[0].0,
+            Step::SetMtu {
+                link: DEV.into(),
                 mtu: 60
             }
         );
-        assert_eq!(err.failures[0].errno(), Some(Errno(libc::EINVAL)));
-        assert_eq!(err.failures[1].item, ApplyItem::ReplaceRoute(orphan));
-        assert!(
-            matches!(&err.failures[1].error, Error::LinkNotFound { iface } if iface == "nosuchdev0")
-        );
-        let text = err.to_string();
-        assert!(
-            text.contains("set mtu 60 on wsv0") && text.contains("nosuchdev0"),
-            "{text}"
-        );
+        assert_eq!(failed[0].1.errno(), Some(Errno(libc::EINVAL)));
+        assert_eq!(failed[1].0, Step::ReplaceRoute(orphan));
+        assert!(matches!(&failed[1].1, Error::LinkNotFound { iface } if iface == "nosuchdev0"));
+        let text = format!("{}: {}", failed[0].0, failed[0].1);
+        assert!(text.contains("set mtu 60 on wsv0"), "{text}");
         // The good items went in despite the failures.
         let observed = nl.observe_routing(DEV, IDS).await.unwrap();
         assert_eq!(
@@ -288,11 +297,12 @@ fn apply_collects_every_failure_and_applies_the_rest() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn foreign_rules_at_our_priority_are_reported_not_taken() {
     let ns = Netns::new();
     ns.run(|| async {
         let nl = Netlink::connect().unwrap();
-        ns.ip(&[
+        ns.run_ip(&[
             "rule",
             "add",
             "fwmark",
@@ -302,10 +312,10 @@ fn foreign_rules_at_our_priority_are_reported_not_taken() {
             "priority",
             "5210",
         ]);
-        ns.ip(&[
+        ns.run_ip(&[
             "rule", "add", "not", "fwmark", "0x20", "lookup", "51830", "priority", "5210",
         ]);
-        ns.ip(&[
+        ns.run_ip(&[
             "rule",
             "add",
             "not",
@@ -316,7 +326,7 @@ fn foreign_rules_at_our_priority_are_reported_not_taken() {
             "priority",
             "5210",
         ]);
-        ns.ip(&[
+        ns.run_ip(&[
             "rule",
             "add",
             "iif",
@@ -329,7 +339,7 @@ fn foreign_rules_at_our_priority_are_reported_not_taken() {
             "priority",
             "5210",
         ]);
-        ns.ip(&[
+        ns.run_ip(&[
             "rule",
             "add",
             "not",
@@ -356,10 +366,11 @@ fn foreign_rules_at_our_priority_are_reported_not_taken() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn routes_through_a_tun_device_as_the_userspace_datapath_uses() {
     let ns = Netns::new();
     // The userspace datapath opens its own TUN; a persistent one stands in.
-    ns.ip(&["tuntap", "add", "dev", "wireseal0", "mode", "tun"]);
+    ns.run_ip(&["tuntap", "add", "dev", "wireseal0", "mode", "tun"]);
     ns.run(|| async {
         let nl = Netlink::connect().unwrap();
         let link = nl.link("wireseal0").await.unwrap().expect("tun exists");
@@ -380,18 +391,21 @@ fn routes_through_a_tun_device_as_the_userspace_datapath_uses() {
                 src: None,
             },
         ];
-        let plan = RoutingPlan {
+        let routing = RoutingChanges {
             add_routes: routes.iter().map(|r| (r.dst, r.clone())).collect(),
             add_rules: [rule(Family::V4), rule(Family::V6)].into(),
-            ..RoutingPlan::default()
+            ..RoutingChanges::default()
         };
-        nl.apply_routing(TABLE, "wireseal0", &LinkPlan::default(), &plan)
-            .await
-            .unwrap();
+        let plan = Changes {
+            routing: routing.clone(),
+            ..Changes::default()
+        }
+        .into_plan();
+        assert!(common::apply_steps(&nl, IDS, &plan).await.is_empty());
         let observed = nl.observe_routing("wireseal0", IDS).await.unwrap();
-        assert_eq!(observed.state.routes, plan.add_routes);
+        assert_eq!(observed.state.routes, routing.add_routes);
         assert_eq!(observed.state.link.map(|l| l.mtu), Some(1420));
-        let v4 = ns.ip(&["route", "show", "table", "51830"]);
+        let v4 = ns.run_ip(&["route", "show", "table", "51830"]);
         assert!(
             v4.contains("10.244.7.0/24 dev wireseal0") && v4.contains("mtu 1420"),
             "{v4}"
@@ -400,15 +414,16 @@ fn routes_through_a_tun_device_as_the_userspace_datapath_uses() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
     let ns = Netns::new();
     ns.bare_veth(DEV, "wsv1");
     // The CNI's gateway addresses, on another device than the routes' (as
     // flannel's cni0 is, while the routes go through the tunnel).
     ns.veth("wsgw0", "wsgw1");
-    ns.ip(&["addr", "add", "10.244.0.1/24", "dev", "wsgw0"]);
-    ns.ip(&["addr", "add", "10.244.0.2/32", "dev", "wsgw0"]);
-    ns.ip(&["addr", "add", "fd00:244::1/64", "dev", "wsgw0", "nodad"]);
+    ns.run_ip(&["addr", "add", "10.244.0.1/24", "dev", "wsgw0"]);
+    ns.run_ip(&["addr", "add", "10.244.0.2/32", "dev", "wsgw0"]);
+    ns.run_ip(&["addr", "add", "fd00:244::1/64", "dev", "wsgw0", "nodad"]);
     let v4 = sourced("10.244.1.0/24", "10.244.0.1");
     let v6 = sourced("fd00:244:1::/64", "fd00:244::1");
     let want = desired(1420, &[v4, v6.clone()]);
@@ -424,19 +439,19 @@ fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
             "and the sources are on the link"
         );
         assert_eq!(reconcile(&nl, &want).await, 0, "and the plan converges");
-        let shown = ns.ip(&["route", "show", "table", "51830"]);
+        let shown = ns.run_ip(&["route", "show", "table", "51830"]);
         assert!(
             line_starting(&shown, "10.244.1.0/24").is_some_and(|l| l.contains("src 10.244.0.1")),
             "{shown}"
         );
-        let shown6 = ns.ip(&["-6", "route", "show", "table", "51830"]);
+        let shown6 = ns.run_ip(&["-6", "route", "show", "table", "51830"]);
         assert!(shown6.contains("src fd00:244::1"), "{shown6}");
         // What the kernel then does for the node's own packets.
-        let got = ns.ip(&["route", "get", "10.244.1.10"]);
+        let got = ns.run_ip(&["route", "get", "10.244.1.10"]);
         assert!(got.contains("src 10.244.0.1"), "{got}");
         // On the link as host addresses, IPv6 without DAD and without a
         // prefix route: nothing in the main table points at the tunnel.
-        let on_link = ns.ip(&["addr", "show", "dev", DEV]);
+        let on_link = ns.run_ip(&["addr", "show", "dev", DEV]);
         assert!(
             on_link.contains("inet 10.244.0.1/32 scope global"),
             "{on_link}"
@@ -446,7 +461,7 @@ fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
             "{on_link}"
         );
         for family in ["-4", "-6"] {
-            let main = ns.ip(&[family, "route", "show", "table", "main", "dev", DEV]);
+            let main = ns.run_ip(&[family, "route", "show", "table", "main", "dev", DEV]);
             assert!(
                 !main.contains("10.244.0.1") && !main.contains("fd00:244::1"),
                 "{main}"
@@ -457,10 +472,10 @@ fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
         // a second route), then the old one removed.
         let moved = desired(1420, &[sourced("10.244.1.0/24", "10.244.0.2"), v6.clone()]);
         assert_eq!(reconcile(&nl, &moved).await, 3);
-        let shown = ns.ip(&["route", "show", "table", "51830"]);
+        let shown = ns.run_ip(&["route", "show", "table", "51830"]);
         assert_eq!(shown.lines().count(), 1, "{shown}");
         assert!(shown.contains("src 10.244.0.2"), "{shown}");
-        let on_link = ns.ip(&["-4", "addr", "show", "dev", DEV]);
+        let on_link = ns.run_ip(&["-4", "addr", "show", "dev", DEV]);
         assert!(
             on_link.contains("10.244.0.2/32") && !on_link.contains("10.244.0.1/32"),
             "{on_link}"
@@ -469,10 +484,10 @@ fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
         // The CNI's address goes: the copy on the link keeps it the node's,
         // so the route and its source stay valid until the agent's next
         // pass, woken by the address event, sets the one it finds then.
-        ns.ip(&["addr", "del", "10.244.0.2/32", "dev", "wsgw0"]);
+        ns.run_ip(&["addr", "del", "10.244.0.2/32", "dev", "wsgw0"]);
         let observed = nl.observe_routing(DEV, IDS).await.unwrap();
         assert_eq!(observed.state.routes, moved.routes);
-        let got = ns.ip(&["route", "get", "10.244.1.10"]);
+        let got = ns.run_ip(&["route", "get", "10.244.1.10"]);
         assert!(got.contains("src 10.244.0.2"), "{got}");
         assert_eq!(reconcile(&nl, &want).await, 3);
         let observed = nl.observe_routing(DEV, IDS).await.unwrap();
@@ -497,12 +512,12 @@ fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
         // writes them again right after (1 removal + 1 route).
         let plain = desired(1420, &[route("10.244.1.0/24", 1400), v6.clone()]);
         assert_eq!(reconcile(&nl, &plain).await, 2);
-        let shown = ns.ip(&["route", "show", "table", "51830"]);
+        let shown = ns.run_ip(&["route", "show", "table", "51830"]);
         assert!(
             line_starting(&shown, "10.244.1.0/24").is_some_and(|l| !l.contains("src")),
             "{shown}"
         );
-        let on_link = ns.ip(&["-4", "addr", "show", "dev", DEV]);
+        let on_link = ns.run_ip(&["-4", "addr", "show", "dev", DEV]);
         assert_eq!(on_link, "", "{on_link}");
         let observed = nl.observe_routing(DEV, IDS).await.unwrap();
         assert_eq!(observed.state.routes, plain.routes);
@@ -515,6 +530,7 @@ fn preferred_sources_round_trip_change_in_place_and_follow_their_address() {
 /// table (`fib_disable_ip`); IPv6 routes stay, and so do IPv4 routes while
 /// another IPv4 address is left.
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn losing_the_last_ipv4_address_flushes_the_link_s_ipv4_routes() {
     let ns = Netns::new();
     ns.bare_veth(DEV, "wsv1");
@@ -540,4 +556,119 @@ fn losing_the_last_ipv4_address_flushes_the_link_s_ipv4_routes() {
             "the IPv4 route went with the last IPv4 address"
         );
     });
+}
+
+fn catch_all(dst: &str, kind: CatchAllKind) -> (IpNetwork, CatchAll) {
+    let dst: IpNetwork = dst.parse().unwrap();
+    (dst, CatchAll { dst, kind })
+}
+
+fn catch_all_rule(family: Family) -> RuleSpec {
+    RuleSpec {
+        family,
+        priority: PRIORITY + 1,
+        table: CATCH_ALL_TABLE,
+        fwmark: MARK,
+    }
+}
+
+/// What `ip route get DST` answers in the namespace: the output device, or
+/// the kernel's refusal (a blackhole refuses a local sender with EINVAL).
+fn route_get(ns: &Netns, dst: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns.name(), "route", "get", dst])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let dev = text
+            .split_whitespace()
+            .skip_while(|word| *word != "dev")
+            .nth(1)
+            .unwrap_or("?");
+        format!("dev {dev}")
+    } else {
+        String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    }
+}
+
+/// Strict mode's routing, in a real kernel: the tunnel's table first, then
+/// the catch-alls'. A peer's pod CIDR goes into the tunnel; a cluster
+/// address no tunnel takes is dropped; this node's own pod CIDR falls
+/// through to the CNI. And when the tunnel link vanishes (its routes go with
+/// it), the peer's traffic is dropped, not sent over the CNI's plain route.
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn strict_catch_alls_drop_what_the_tunnel_does_not_take() {
+    let ns = Netns::new();
+    ns.bare_veth(DEV, "wsv1");
+    // The CNI: a plain route to the whole cluster through its own device.
+    ns.veth("wsc0", "wsc1");
+    ns.run_ip(&["route", "add", "10.244.0.0/16", "dev", "wsc0"]);
+    ns.run_ip(&["-6", "route", "add", "fd00:244::/48", "dev", "wsc0"]);
+    let mut want = desired(
+        1420,
+        &[
+            route("10.244.1.0/24", 1420),
+            route("fd00:244:0:1::/64", 1420),
+        ],
+    );
+    want.catch_alls = [
+        catch_all("10.244.0.0/16", CatchAllKind::Blackhole),
+        catch_all("10.244.0.0/24", CatchAllKind::Throw),
+        catch_all("fd00:244::/48", CatchAllKind::Blackhole),
+    ]
+    .into();
+    want.rules
+        .extend([catch_all_rule(Family::V4), catch_all_rule(Family::V6)]);
+
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        reconcile(&nl, &want).await;
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert_eq!(observed.state.catch_alls, want.catch_alls);
+        assert_eq!(observed.state.rules, want.rules);
+        let again = changes(&want, &observed.state);
+        assert!(
+            again.routing.is_empty() && again.link.is_empty(),
+            "{again:#?}"
+        );
+        let shown = ns.run_ip(&["route", "show", "table", "51831"]);
+        assert!(shown.contains("blackhole 10.244.0.0/16"), "{shown}");
+        assert!(shown.contains("throw 10.244.0.0/24"), "{shown}");
+    });
+    for (dst, expect) in [
+        ("10.244.1.5", "dev wsv0"),
+        ("fd00:244:0:1::5", "dev wsv0"),
+        ("10.244.0.5", "dev wsc0"),
+        ("10.244.2.5", "RTNETLINK answers: Invalid argument"),
+        ("fd00:244:0:2::5", "RTNETLINK answers: Invalid argument"),
+        ("192.0.2.7", "dev wsc0"),
+    ] {
+        assert_eq!(route_get(&ns, dst), expect, "{dst}");
+    }
+    // The tunnel link goes (a crashed userspace datapath takes its TUN along).
+    ns.run_ip(&["link", "del", DEV]);
+    for dst in ["10.244.1.5", "fd00:244:0:1::5"] {
+        assert_eq!(
+            route_get(&ns, dst),
+            "RTNETLINK answers: Invalid argument",
+            "{dst} must be dropped, not routed in clear"
+        );
+    }
+    // Strict mode off: the plan takes the catch-alls and their rules away,
+    // and that same failure sends the traffic over the CNI in clear.
+    ns.bare_veth(DEV, "wsv1");
+    ns.run(|| async {
+        let nl = Netlink::connect().unwrap();
+        let mut off = want.clone();
+        off.catch_alls.clear();
+        off.rules.retain(|rule| rule.table == TABLE);
+        reconcile(&nl, &off).await;
+        let observed = nl.observe_routing(DEV, IDS).await.unwrap();
+        assert!(observed.state.catch_alls.is_empty());
+    });
+    assert_eq!(route_get(&ns, "10.244.1.5"), "dev wsv0");
+    ns.run_ip(&["link", "del", DEV]);
+    assert_eq!(route_get(&ns, "10.244.1.5"), "dev wsc0");
 }

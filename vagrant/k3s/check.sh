@@ -52,7 +52,6 @@ RESULTS=()
 FAILED=0
 pass() { RESULTS+=("PASS  $(printf '%-52s' "$1") $2"); echo "PASS $1: $2"; }
 fail() { RESULTS+=("FAIL  $(printf '%-52s' "$1") $2"); echo "FAIL $1: $2" >&2; FAILED=$((FAILED + 1)); }
-info() { RESULTS+=("INFO  $(printf '%-52s' "$1") $2"); echo "INFO $1: $2"; }
 die() { fail "$1" "$2"; summary; exit 1; }
 
 BACKGROUND=()
@@ -145,7 +144,9 @@ in_agent() { local node="$1"; shift; kc -n "$NS" exec "${AGENT[$node]}" -c agent
 # ---------------------------------------------------------------- install
 
 install_wireseal() { # "" (the manifests as they are) or a WIRESEAL_DATAPATH value
-    kc apply -f "$REPO/deploy/kubernetes/00-namespace.yaml" -f "$REPO/deploy/kubernetes/10-rbac.yaml" >/dev/null
+    # The admission policies too: the agents publish under them, as installed.
+    kc apply -f "$REPO/deploy/kubernetes/00-namespace.yaml" -f "$REPO/deploy/kubernetes/10-rbac.yaml" \
+        -f "$REPO/deploy/kubernetes/30-admission.yaml" >/dev/null
     if [ -z "$1" ]; then
         kc apply -f "$REPO/deploy/kubernetes/20-daemonset.yaml" >/dev/null
     else
@@ -296,12 +297,15 @@ capture() { # label expect(encrypted|plain)
     fi
 }
 
-host_to_pod() { # label: informational, not a gate
-    local label="$1"
+host_to_pod() { # label: the node's own packets to a pod on another node
+    local label="$1" src
+    # The agent gives them a source inside ws-1's pod CIDR (flannel's cni0
+    # address, there once a pod runs), which ws-2's allowed IPs accept.
+    src=$(ip route get "${IP[ws-2]}" 2>/dev/null | grep -o 'src [0-9.]*' || true)
     if ping -c 3 -W 2 "${IP[ws-2]}" >"$OUT/host-to-pod-$label.txt" 2>&1; then
-        info "$label: ws-1 host network -> pod on ws-2" "answers"
+        pass "$label: ws-1 host network -> pod on ws-2" "answers, ${src:-no src}"
     else
-        info "$label: ws-1 host network -> pod on ws-2" "no answer (host-originated packets through the tunnel carry a node address, not one of the peer's allowed IPs)"
+        fail "$label: ws-1 host network -> pod on ws-2" "no answer, ${src:-no src} (see 'host src' in wireseal status)"
     fi
 }
 

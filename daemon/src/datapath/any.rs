@@ -3,8 +3,13 @@
 
 use std::path::PathBuf;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
 use tracing::info;
-use wireseal_core::{DatapathKind, DevicePlan, LinkSpec, RoutingPlan};
+use wireseal_core::{
+    DatapathKind, DeviceObservation, DevicePlan, LinkSpec, PeerConfig, PublicKey, Step,
+};
 use wireseal_keymgr::PrivateKey;
 use wireseal_netlink::wireguard::WireGuard;
 use wireseal_netlink::{Error as NetlinkError, Netlink, WIREGUARD_KIND};
@@ -13,10 +18,7 @@ use super::kernel::KernelDatapath;
 use super::memory::MemoryNode;
 use super::netlink_routing::NetlinkRouting;
 use super::userspace::UserspaceDatapath;
-use super::{
-    Datapath, DatapathError, DeviceObservation, NodeAddresses, Routing, RoutingObservation,
-    RoutingPhase,
-};
+use super::{Datapath, DatapathError, NodeAddresses, Routing, RoutingObservation};
 use crate::cli::DatapathChoice;
 
 /// Link kind of the userspace datapath's TUN device.
@@ -65,10 +67,8 @@ pub async fn select(
     let userspace_datapath =
         || UserspaceDatapath::new(interface, &userspace.uapi_dir, userspace.spawn.clone());
     let kernel = || -> Result<KernelDatapath, DatapathError> {
-        let netlink =
-            Netlink::connect().map_err(|err| DatapathError::new("opening rtnetlink", err))?;
-        let wireguard = WireGuard::connect()
-            .map_err(|err| DatapathError::new("opening generic netlink", err))?;
+        let netlink = Netlink::connect()?;
+        let wireguard = WireGuard::connect()?;
         Ok(KernelDatapath::new(netlink, wireguard, interface))
     };
     match choice {
@@ -85,12 +85,8 @@ pub async fn select(
             "forced with --datapath kernel".into(),
         )),
         DatapathChoice::Auto => {
-            let netlink =
-                Netlink::connect().map_err(|err| DatapathError::new("opening rtnetlink", err))?;
-            let existing = netlink
-                .link(interface)
-                .await
-                .map_err(|err| DatapathError::new(format!("reading link {interface}"), err))?;
+            let netlink = Netlink::connect()?;
+            let existing = netlink.link(interface).await?;
             match existing.as_ref().and_then(|l| l.kind.as_deref()) {
                 Some(WIREGUARD_KIND) => {
                     return Ok((
@@ -118,10 +114,7 @@ pub async fn select(
                         format!("the kernel has no WireGuard ({err})"),
                     ))
                 }
-                Err(err) => Err(DatapathError::new(
-                    format!("creating wireguard link {interface}"),
-                    err,
-                )),
+                Err(err) => Err(err.into()),
             }
         }
     }
@@ -154,13 +147,20 @@ impl Datapath for AnyDatapath {
 
     async fn request_handshake(
         &mut self,
-        peers: &std::collections::BTreeMap<wireseal_core::PublicKey, wireseal_core::PeerConfig>,
+        peers: &BTreeMap<PublicKey, PeerConfig>,
         key: &PrivateKey,
     ) -> Result<(), DatapathError> {
         match self {
             Self::Kernel(d) => d.request_handshake(peers, key).await,
             Self::Userspace(d) => d.request_handshake(peers, key).await,
             Self::Memory(d) => Datapath::request_handshake(d, peers, key).await,
+        }
+    }
+
+    async fn set_alternate_key(&mut self, key: Option<&PrivateKey>) -> Result<(), DatapathError> {
+        match self {
+            Self::Userspace(d) => d.set_alternate_key(key).await,
+            Self::Kernel(_) | Self::Memory(_) => Ok(()),
         }
     }
 
@@ -174,15 +174,10 @@ impl Datapath for AnyDatapath {
 }
 
 impl Routing for AnyRouting {
-    async fn observe(
-        &mut self,
-        interface: &str,
-        table: u32,
-        priority: u32,
-    ) -> Result<RoutingObservation, DatapathError> {
+    async fn observe(&mut self, interface: &str) -> Result<RoutingObservation, DatapathError> {
         match self {
-            Self::Netlink(r) => r.observe(interface, table, priority).await,
-            Self::Memory(r) => Routing::observe(r, interface, table, priority).await,
+            Self::Netlink(r) => r.observe(interface).await,
+            Self::Memory(r) => Routing::observe(r, interface).await,
         }
     }
 
@@ -193,47 +188,14 @@ impl Routing for AnyRouting {
         }
     }
 
-    async fn set_mtu(&mut self, interface: &str, mtu: u32) -> Result<(), DatapathError> {
+    async fn apply(&mut self, step: &Step) -> Result<(), DatapathError> {
         match self {
-            Self::Netlink(r) => r.set_mtu(interface, mtu).await,
-            Self::Memory(r) => r.set_mtu(interface, mtu).await,
+            Self::Netlink(r) => r.apply(step).await,
+            Self::Memory(r) => Routing::apply(r, step).await,
         }
     }
 
-    async fn add_addresses(
-        &mut self,
-        interface: &str,
-        addresses: &std::collections::BTreeSet<ipnetwork::IpNetwork>,
-    ) -> Result<(), DatapathError> {
-        match self {
-            Self::Netlink(r) => r.add_addresses(interface, addresses).await,
-            Self::Memory(r) => r.add_addresses(interface, addresses).await,
-        }
-    }
-
-    async fn remove_addresses(
-        &mut self,
-        interface: &str,
-        addresses: &std::collections::BTreeSet<ipnetwork::IpNetwork>,
-    ) -> Result<(), DatapathError> {
-        match self {
-            Self::Netlink(r) => r.remove_addresses(interface, addresses).await,
-            Self::Memory(r) => r.remove_addresses(interface, addresses).await,
-        }
-    }
-
-    async fn apply(
-        &mut self,
-        plan: &RoutingPlan,
-        phase: RoutingPhase,
-    ) -> Result<(), DatapathError> {
-        match self {
-            Self::Netlink(r) => r.apply(plan, phase).await,
-            Self::Memory(r) => Routing::apply(r, plan, phase).await,
-        }
-    }
-
-    async fn path_mtu(&mut self, dst: std::net::IpAddr) -> Result<(String, u32), DatapathError> {
+    async fn path_mtu(&mut self, dst: IpAddr) -> Result<(String, u32), DatapathError> {
         match self {
             Self::Netlink(r) => r.path_mtu(dst).await,
             Self::Memory(r) => r.path_mtu(dst).await,
@@ -242,7 +204,7 @@ impl Routing for AnyRouting {
 
     async fn pod_link_mtu(
         &mut self,
-        exclude: &std::collections::BTreeSet<String>,
+        exclude: &BTreeSet<String>,
     ) -> Result<Option<(String, u32)>, DatapathError> {
         match self {
             Self::Netlink(r) => r.pod_link_mtu(exclude).await,

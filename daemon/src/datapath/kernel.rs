@@ -1,14 +1,13 @@
 //! Kernel WireGuard: a `wireguard` link configured over generic netlink.
 
 use std::collections::BTreeMap;
-use std::time::UNIX_EPOCH;
 
-use wireseal_core::{DatapathKind, DevicePlan, LinkSpec, PeerConfig, PublicKey};
+use wireseal_core::{DatapathKind, DeviceObservation, DevicePlan, LinkSpec, PeerConfig, PublicKey};
 use wireseal_keymgr::PrivateKey;
 use wireseal_netlink::wireguard::WireGuard;
-use wireseal_netlink::{Netlink, WIREGUARD_KIND};
+use wireseal_netlink::{Error as NetlinkError, Netlink, WIREGUARD_KIND};
 
-use super::{Datapath, DatapathError, DeviceObservation, PeerStats};
+use super::{Datapath, DatapathError};
 
 /// Keepalive interval set for a moment to make the kernel start a handshake.
 const NUDGE_KEEPALIVE: u16 = 25;
@@ -46,56 +45,21 @@ impl Datapath for KernelDatapath {
     }
 
     async fn ensure_link(&mut self, _link: &LinkSpec) -> Result<(), DatapathError> {
-        let existing =
-            self.netlink.link(&self.interface).await.map_err(|err| {
-                DatapathError::new(format!("reading link {}", self.interface), err)
-            })?;
-        match existing {
+        match self.netlink.link(&self.interface).await? {
             Some(link) if link.kind.as_deref() == Some(WIREGUARD_KIND) => Ok(()),
-            Some(link) => Err(DatapathError::new(
-                format!("adopting {}", self.interface),
-                format!(
-                    "it exists as a {} link, not wireguard",
-                    link.kind.as_deref().unwrap_or("physical")
-                ),
-            )),
-            None => self
-                .netlink
-                .create_wireguard(&self.interface)
-                .await
-                .map_err(|err| {
-                    DatapathError::new(format!("creating wireguard link {}", self.interface), err)
-                }),
+            Some(link) => Err(NetlinkError::WrongLinkKind {
+                iface: self.interface.clone(),
+                found: link.kind,
+                expected: WIREGUARD_KIND,
+            }
+            .into()),
+            None => Ok(self.netlink.create_wireguard(&self.interface).await?),
         }
     }
 
     async fn observe(&mut self) -> Result<DeviceObservation, DatapathError> {
-        let device = self
-            .wireguard
-            .get_device(&self.interface)
-            .await
-            .map_err(|err| {
-                DatapathError::new(format!("reading WireGuard device {}", self.interface), err)
-            })?;
-        let stats: BTreeMap<PublicKey, PeerStats> = device
-            .peers
-            .iter()
-            .filter_map(|peer| {
-                let key = PublicKey::from_bytes(peer.public_key).ok()?;
-                Some((
-                    key,
-                    PeerStats {
-                        last_handshake: peer.last_handshake.map(|since| UNIX_EPOCH + since),
-                        rx_bytes: peer.rx_bytes,
-                        tx_bytes: peer.tx_bytes,
-                    },
-                ))
-            })
-            .collect();
-        Ok(DeviceObservation {
-            device: Some(device.to_observed()),
-            stats,
-        })
+        let device = self.wireguard.get_device(&self.interface).await?;
+        Ok(device.to_observation())
     }
 
     /// Kernel WireGuard sends a keepalive at once when a peer's persistent
@@ -142,14 +106,9 @@ impl Datapath for KernelDatapath {
         if plan.is_empty() {
             return Ok(());
         }
-        self.wireguard
-            .apply_device(&self.interface, plan, key.as_bytes())
-            .await
-            .map_err(|err| {
-                DatapathError::new(
-                    format!("configuring WireGuard device {}", self.interface),
-                    err,
-                )
-            })
+        Ok(self
+            .wireguard
+            .set_device(&self.interface, plan, key.as_bytes())
+            .await?)
     }
 }

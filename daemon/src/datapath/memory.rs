@@ -1,6 +1,6 @@
-//! A datapath and routing that live in memory: they model the device, the
-//! link's addresses, routes and rules exactly as the plan describes them
-//! (through `ObservedState::apply`) and carry no traffic. The agent's
+//! A datapath and routing that live in memory: they carry out every step of
+//! a plan on the core's model of the node (`ObservedState::apply_step`, the
+//! same model the property tests check plans against) and carry no traffic. The agent's
 //! Kubernetes tests run many agents on one machine with them, and
 //! `--datapath memory` lets an operator watch what wireseal would program
 //! without touching the node.
@@ -11,15 +11,10 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use tokio::sync::Mutex;
-use wireseal_core::{
-    DatapathKind, DevicePlan, LinkPlan, LinkSpec, ObservedState, Plan, RoutingPlan,
-};
+use wireseal_core::{DatapathKind, DeviceObservation, DevicePlan, LinkSpec, ObservedState, Step};
 use wireseal_keymgr::PrivateKey;
 
-use super::{
-    Datapath, DatapathError, DeviceObservation, NodeAddresses, Routing, RoutingObservation,
-    RoutingPhase,
-};
+use super::{Datapath, DatapathError, NodeAddresses, Routing, RoutingObservation};
 
 /// MTU the memory underlay reports for every path.
 pub const MEMORY_UNDERLAY_MTU: u32 = 1500;
@@ -51,22 +46,9 @@ impl MemoryNode {
         *self.cni_addresses.lock().await = addresses;
     }
 
-    /// Applies the link part of a plan alone.
-    async fn apply_link(&self, link: LinkPlan) {
-        self.apply_part(&Plan {
-            link,
-            ..Plan::default()
-        })
-        .await;
-    }
-
-    /// Applies a plan without a device part.
-    async fn apply_part(&self, plan: &Plan) {
-        let mut state = self.state.lock().await;
-        // Link or routing changes alone must not conjure a device into the model.
-        let device = state.device.take();
-        state.apply(plan);
-        state.device = device;
+    /// Carries out one step on the model.
+    async fn apply_step(&self, step: &Step) {
+        self.state.lock().await.apply_step(step);
     }
 }
 
@@ -82,13 +64,10 @@ impl Datapath for MemoryNode {
         if missing {
             // Created bare, as the real datapaths create theirs: the
             // addresses come with the plan.
-            self.apply_link(LinkPlan {
-                create: Some(LinkSpec {
-                    addresses: BTreeSet::new(),
-                    ..link.clone()
-                }),
-                ..LinkPlan::default()
-            })
+            self.apply_step(&Step::CreateLink(LinkSpec {
+                addresses: BTreeSet::new(),
+                ..link.clone()
+            }))
             .await;
         }
         Ok(())
@@ -102,25 +81,18 @@ impl Datapath for MemoryNode {
     }
 
     async fn apply(&mut self, plan: &DevicePlan, _key: &PrivateKey) -> Result<(), DatapathError> {
-        self.state.lock().await.apply(&Plan {
-            device: plan.clone(),
-            ..Plan::default()
-        });
+        self.apply_step(&Step::Device(plan.clone())).await;
         Ok(())
     }
 }
 
 impl Routing for MemoryNode {
-    async fn observe(
-        &mut self,
-        _interface: &str,
-        _table: u32,
-        _priority: u32,
-    ) -> Result<RoutingObservation, DatapathError> {
+    async fn observe(&mut self, _interface: &str) -> Result<RoutingObservation, DatapathError> {
         let state = self.state.lock().await;
         Ok(RoutingObservation {
             link: state.link.clone(),
             routes: state.routes.clone(),
+            catch_alls: state.catch_alls.clone(),
             rules: state.rules.clone(),
         })
     }
@@ -129,70 +101,14 @@ impl Routing for MemoryNode {
         Ok(())
     }
 
-    async fn set_mtu(&mut self, _interface: &str, mtu: u32) -> Result<(), DatapathError> {
-        self.apply_link(LinkPlan {
-            set_mtu: Some(mtu),
-            ..LinkPlan::default()
-        })
-        .await;
-        Ok(())
-    }
-
-    async fn add_addresses(
-        &mut self,
-        _interface: &str,
-        addresses: &BTreeSet<IpNetwork>,
-    ) -> Result<(), DatapathError> {
-        self.apply_link(LinkPlan {
-            add_addresses: addresses.clone(),
-            ..LinkPlan::default()
-        })
-        .await;
-        Ok(())
-    }
-
-    async fn remove_addresses(
-        &mut self,
-        _interface: &str,
-        addresses: &BTreeSet<IpNetwork>,
-    ) -> Result<(), DatapathError> {
-        self.apply_link(LinkPlan {
-            remove_addresses: addresses.clone(),
-            ..LinkPlan::default()
-        })
-        .await;
-        Ok(())
-    }
-
-    async fn apply(
-        &mut self,
-        plan: &RoutingPlan,
-        phase: RoutingPhase,
-    ) -> Result<(), DatapathError> {
-        let part = match phase {
-            RoutingPhase::RemoveRules => RoutingPlan {
-                remove_rules: plan.remove_rules.clone(),
-                ..RoutingPlan::default()
-            },
-            RoutingPhase::Routes => RoutingPlan {
-                add_routes: plan.add_routes.clone(),
-                remove_routes: plan.remove_routes.clone(),
-                ..RoutingPlan::default()
-            },
-            RoutingPhase::Restore => RoutingPlan {
-                restore_routes: plan.restore_routes.clone(),
-                ..RoutingPlan::default()
-            },
-            RoutingPhase::AddRules => RoutingPlan {
-                add_rules: plan.add_rules.clone(),
-                ..RoutingPlan::default()
-            },
-        };
-        self.apply_part(&Plan {
-            routing: part,
-            ..Plan::default()
-        })
-        .await;
+    async fn apply(&mut self, step: &Step) -> Result<(), DatapathError> {
+        if matches!(step, Step::CreateLink(_) | Step::Device(_)) {
+            return Err(DatapathError::WrongBackend {
+                backend: "memory routing",
+                step: step.to_string(),
+            });
+        }
+        self.apply_step(step).await;
         Ok(())
     }
 

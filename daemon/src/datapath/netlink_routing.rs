@@ -4,20 +4,20 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
-
 use tracing::warn;
-use wireseal_core::{RouteSpec, RoutingPlan};
-use wireseal_netlink::{AddressInfo, ApplyError, ApplyItem, Errno, Netlink, RoutingIds};
+use wireseal_core::{RouteSpec, Step};
+use wireseal_netlink::{AddressInfo, Errno, LinkIndexes, Netlink, RoutingIds};
 
-use super::{DatapathError, NodeAddresses, Routing, RoutingObservation, RoutingPhase};
+use super::{DatapathError, NodeAddresses, Routing, RoutingObservation};
 
 /// Routing on this node's kernel.
 pub struct NetlinkRouting {
     netlink: Netlink,
-    table: u32,
+    ids: RoutingIds,
     fwmark: u32,
     warned_foreign: bool,
+    /// Link indexes resolved during this pass (cleared on every observe).
+    links: LinkIndexes,
     /// The usable addresses as last read.
     addresses: BTreeSet<IpAddr>,
     /// Preferred sources the kernel refused, and the addresses there were
@@ -29,96 +29,83 @@ pub struct NetlinkRouting {
 impl std::fmt::Debug for NetlinkRouting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetlinkRouting")
-            .field("table", &self.table)
+            .field("ids", &self.ids)
             .finish_non_exhaustive()
     }
 }
 
 impl NetlinkRouting {
-    /// Routing in `table`; underlay paths are looked up as the datapath's own
-    /// packets (marked `fwmark`) would take them.
+    /// Routing in wireseal's tables and rules (`ids`); underlay paths are
+    /// looked up as the datapath's own packets (marked `fwmark`) would take them.
     #[must_use]
-    pub fn new(netlink: Netlink, table: u32, fwmark: u32) -> Self {
+    pub fn new(netlink: Netlink, ids: RoutingIds, fwmark: u32) -> Self {
         Self {
             netlink,
-            table,
+            ids,
             fwmark,
             warned_foreign: false,
+            links: LinkIndexes::default(),
             addresses: BTreeSet::new(),
             refused: None,
         }
     }
 
-    /// A route whose preferred source is no longer an address of this node
-    /// (deleted between reading the addresses and writing the route) is
-    /// refused with `EINVAL`. Leaving its destination without a route into
-    /// the tunnel would send its pods' traffic along the CNI's plain path
-    /// until the next pass, so it is written again at once without a source,
-    /// and that source is not offered again until the addresses change (the
-    /// address event that removed it wakes the next pass, which reads them
-    /// anew). Every other failure is returned as it was.
-    async fn retry_without_refused_sources(&mut self, err: ApplyError) -> Result<(), ApplyError> {
-        let (refused, mut failures): (Vec<_>, Vec<_>) =
-            err.failures.into_iter().partition(|failure| {
-                matches!(&failure.item, ApplyItem::ReplaceRoute(route) if route.src.is_some())
-                    && failure.errno() == Some(Errno(nix::errno::Errno::EINVAL as i32))
-            });
-        let mut retry = RoutingPlan::default();
-        let mut sources = BTreeSet::new();
-        for failure in &refused {
-            if let ApplyItem::ReplaceRoute(route) = &failure.item {
-                sources.extend(route.src);
-                let plain = RouteSpec {
-                    src: None,
-                    ..route.clone()
-                };
-                retry.add_routes.insert(route.dst, plain);
+    /// Writes `route`. A route whose preferred source is no longer an address
+    /// of this node (deleted between reading the addresses and writing the
+    /// route) is refused with `EINVAL`. Leaving its destination without a
+    /// route into the tunnel would send its pods' traffic along the CNI's
+    /// plain path until the next pass, so it is written again at once without
+    /// a source, and that source is not offered again until the addresses
+    /// change (the address event that removed it wakes the next pass, which
+    /// reads them anew). Every other failure is returned as it was.
+    async fn replace_route(&mut self, route: &RouteSpec) -> Result<(), DatapathError> {
+        let step = Step::ReplaceRoute(route.clone());
+        let err = match self
+            .netlink
+            .apply_step(self.ids, &step, &mut self.links)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        let Some(source) = route
+            .src
+            .filter(|_| err.errno() == Some(Errno(nix::errno::Errno::EINVAL as i32)))
+        else {
+            return Err(err.into());
+        };
+        let plain = Step::ReplaceRoute(RouteSpec {
+            src: None,
+            ..route.clone()
+        });
+        self.netlink
+            .apply_step(self.ids, &plain, &mut self.links)
+            .await?;
+        warn!(
+            route = %route.dst,
+            %source,
+            error = %err,
+            "the kernel refused the route's preferred source (no longer an address of this node?); \
+             wrote it without one, and will read the addresses again"
+        );
+        let sources = match self.refused.take() {
+            Some((among, mut sources)) if among == self.addresses => {
+                sources.insert(source);
+                sources
             }
-        }
-        if retry.add_routes.is_empty() {
-            return Err(ApplyError { failures });
-        }
-        let first = refused
-            .first()
-            .map(|failure| failure.error.to_string())
-            .unwrap_or_default();
-        match self.netlink.apply_routes(self.table, &retry).await {
-            Ok(()) => {
-                warn!(
-                    routes = retry.add_routes.len(),
-                    sources = ?sources,
-                    error = %first,
-                    "the kernel refused the routes' preferred source (no longer an address of this node?); \
-                     wrote them without it, and will read the addresses again"
-                );
-                self.refused = Some((self.addresses.clone(), sources));
-            }
-            Err(mut again) => failures.append(&mut again.failures),
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(ApplyError { failures })
-        }
+            _ => BTreeSet::from([source]),
+        };
+        self.refused = Some((self.addresses.clone(), sources));
+        Ok(())
     }
 }
 
-fn wrap(operation: &str) -> impl FnOnce(ApplyError) -> DatapathError + '_ {
-    move |err| DatapathError::new(operation, err)
-}
-
 impl Routing for NetlinkRouting {
-    async fn observe(
-        &mut self,
-        interface: &str,
-        table: u32,
-        priority: u32,
-    ) -> Result<RoutingObservation, DatapathError> {
-        let observed = self
-            .netlink
-            .observe_routing(interface, RoutingIds { table, priority })
-            .await
-            .map_err(|err| DatapathError::new("reading routes and rules", err))?;
+    async fn observe(&mut self, interface: &str) -> Result<RoutingObservation, DatapathError> {
+        let priority = self.ids.priority;
+        let observed = self.netlink.observe_routing(interface, self.ids).await?;
+        // A new pass: links may have been replaced since the last one.
+        self.links.clear();
         if !observed.foreign_rules.is_empty() && !self.warned_foreign {
             warn!(
                 priority,
@@ -130,95 +117,36 @@ impl Routing for NetlinkRouting {
         Ok(RoutingObservation {
             link: observed.state.link,
             routes: observed.state.routes,
+            catch_alls: observed.state.catch_alls,
             rules: observed.state.rules,
         })
     }
 
     async fn ensure_up(&mut self, interface: &str) -> Result<(), DatapathError> {
-        self.netlink
-            .ensure_up(interface)
-            .await
-            .map(|_| ())
-            .map_err(|err| DatapathError::new(format!("setting {interface} up"), err))
+        self.netlink.ensure_up(interface).await?;
+        Ok(())
     }
 
-    async fn set_mtu(&mut self, interface: &str, mtu: u32) -> Result<(), DatapathError> {
-        self.netlink
-            .set_link_mtu(interface, Some(mtu))
-            .await
-            .map_err(wrap("setting the tunnel MTU"))
-    }
-
-    async fn add_addresses(
-        &mut self,
-        interface: &str,
-        addresses: &BTreeSet<IpNetwork>,
-    ) -> Result<(), DatapathError> {
-        self.netlink
-            .add_link_addresses(interface, addresses)
-            .await
-            .map_err(wrap("adding the host sources to the tunnel link"))
-    }
-
-    async fn remove_addresses(
-        &mut self,
-        interface: &str,
-        addresses: &BTreeSet<IpNetwork>,
-    ) -> Result<(), DatapathError> {
-        self.netlink
-            .remove_link_addresses(interface, addresses)
-            .await
-            .map_err(wrap("removing stale addresses from the tunnel link"))
-    }
-
-    async fn apply(
-        &mut self,
-        plan: &RoutingPlan,
-        phase: RoutingPhase,
-    ) -> Result<(), DatapathError> {
-        match phase {
-            RoutingPhase::RemoveRules => self
+    async fn apply(&mut self, step: &Step) -> Result<(), DatapathError> {
+        match step {
+            Step::ReplaceRoute(route) => self.replace_route(route).await,
+            _ => Ok(self
                 .netlink
-                .remove_stale_rules(plan)
-                .await
-                .map_err(wrap("removing rules")),
-            RoutingPhase::Routes => match self.netlink.apply_routes(self.table, plan).await {
-                Ok(()) => Ok(()),
-                Err(err) => self
-                    .retry_without_refused_sources(err)
-                    .await
-                    .map_err(wrap("changing routes")),
-            },
-            RoutingPhase::Restore => self
-                .netlink
-                .restore_routes(self.table, plan)
-                .await
-                .map_err(wrap("writing the routes the kernel flushed again")),
-            RoutingPhase::AddRules => self
-                .netlink
-                .add_rules(plan)
-                .await
-                .map_err(wrap("adding rules")),
+                .apply_step(self.ids, step, &mut self.links)
+                .await?),
         }
     }
 
     async fn path_mtu(&mut self, dst: IpAddr) -> Result<(String, u32), DatapathError> {
-        self.netlink
-            .underlay_path(dst, Some(self.fwmark))
-            .await
-            .map(|path| (path.dev, path.mtu))
-            .map_err(|err| DatapathError::new(format!("looking up the path MTU to {dst}"), err))
+        let path = self.netlink.underlay_path(dst, Some(self.fwmark)).await?;
+        Ok((path.dev, path.mtu))
     }
 
     async fn pod_link_mtu(
         &mut self,
         exclude: &BTreeSet<String>,
     ) -> Result<Option<(String, u32)>, DatapathError> {
-        let links = self
-            .netlink
-            .links()
-            .await
-            .map_err(|err| DatapathError::new("listing links", err))?;
+        let links = self.netlink.links().await?;
         Ok(links
             .into_values()
             .filter(|link| {
@@ -234,17 +162,11 @@ impl Routing for NetlinkRouting {
     }
 
     async fn local_addresses(&mut self, tunnel: &str) -> Result<NodeAddresses, DatapathError> {
-        let own = self
-            .netlink
-            .link(tunnel)
-            .await
-            .map_err(|err| DatapathError::new(format!("reading link {tunnel}"), err))?
-            .map(|link| link.index);
+        let own = self.netlink.link(tunnel).await?.map(|link| link.index);
         let (on_tunnel, elsewhere): (Vec<_>, Vec<_>) = self
             .netlink
             .addresses()
-            .await
-            .map_err(|err| DatapathError::new("listing addresses", err))?
+            .await?
             .into_iter()
             .filter(|address| address.usable)
             .partition(|address| Some(address.index) == own);

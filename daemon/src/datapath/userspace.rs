@@ -9,11 +9,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tracing::info;
-use wireseal_core::{DatapathKind, DevicePlan, LinkSpec};
+use wireseal_core::{DatapathKind, DeviceObservation, DevicePlan, LinkSpec};
 use wireseal_keymgr::PrivateKey;
+use wireseal_netlink::wireguard::uapi::{
+    decode_get, decode_set_answer, encode_alternate_key, encode_set,
+};
+use zeroize::Zeroizing;
 
-use super::uapi::{decode_get, decode_set_answer, encode_set};
-use super::{Datapath, DatapathError, DeviceObservation};
+use super::{Datapath, DatapathError};
 
 /// How long one UAPI exchange may take.
 const UAPI_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,27 +53,59 @@ impl UserspaceDatapath {
         &self.socket
     }
 
-    async fn exchange(&self, request: &str, what: &str) -> Result<String, DatapathError> {
-        let fail = |err: std::io::Error| {
-            DatapathError::new(format!("{what} over {}", self.socket.display()), err)
+    /// One request and its answer. The answer is wiped when dropped: a
+    /// `get` answer carries the device's private key.
+    async fn exchange(
+        &self,
+        request: &str,
+        what: &'static str,
+    ) -> Result<Zeroizing<String>, DatapathError> {
+        let fail = |source: std::io::Error| DatapathError::UapiIo {
+            what,
+            socket: self.socket.clone(),
+            source,
         };
         let io = async {
             let mut stream = UnixStream::connect(&self.socket).await?;
+            // A `set` carries the private key: only to a listener of root or our
+            // own user, never to whoever managed to bind the path first.
+            let owner = stream.peer_cred()?.uid();
+            if !trusted_listener(owner, nix::unistd::geteuid().as_raw()) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("the socket is served by uid {owner}, neither root nor us"),
+                ));
+            }
             stream.write_all(request.as_bytes()).await?;
-            let mut answer = String::new();
+            let mut answer = Zeroizing::new(Vec::<u8>::new());
             // Both get and set answers end with an empty line after errno=.
             let mut limited = (&mut stream).take(MAX_ANSWER);
-            let mut buf = [0u8; 16 * 1024];
+            let mut buf = Zeroizing::new([0u8; 16 * 1024]);
             loop {
-                let n = limited.read(&mut buf).await?;
+                let n = limited.read(&mut buf[..]).await?;
                 if n == 0 {
                     break;
                 }
-                answer.push_str(&String::from_utf8_lossy(&buf[..n]));
-                if answer.ends_with("\n\n") && answer.contains("errno=") {
+                if answer.len() + n > answer.capacity() {
+                    // Grow by copying into a fresh buffer and wiping the old
+                    // one, rather than letting the Vec reallocate and leave
+                    // the old bytes (a private key) behind.
+                    let mut bigger =
+                        Zeroizing::new(Vec::with_capacity((answer.len() + n).next_power_of_two()));
+                    bigger.extend_from_slice(&answer);
+                    answer = bigger;
+                }
+                answer.extend_from_slice(&buf[..n]);
+                if answer.ends_with(b"\n\n") && answer.windows(6).any(|w| w == b"errno=") {
                     break;
                 }
             }
+            let answer = String::from_utf8(std::mem::take(&mut *answer)).map_err(|err| {
+                // Wipe the refused bytes too.
+                let _ = Zeroizing::new(err.into_bytes());
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "the answer is not UTF-8")
+            })?;
+            let answer = Zeroizing::new(answer);
             Ok::<_, std::io::Error>(answer)
         };
         tokio::time::timeout(UAPI_TIMEOUT, io)
@@ -102,12 +137,18 @@ impl UserspaceDatapath {
             .stdin(Stdio::null());
         // Its own process group: a Ctrl-C or a stop of the agent does not reach it.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command
-            .spawn()
-            .map_err(|err| DatapathError::new(format!("starting {}", binary.display()), err))?;
+        let child = command.spawn().map_err(|source| DatapathError::Spawn {
+            binary: binary.to_owned(),
+            source,
+        })?;
         info!(pid = child.id(), binary = %binary.display(), interface = %self.interface, "started the userspace datapath");
         Ok(())
     }
+}
+
+/// Whether a UAPI listener running as `uid` may be given our configuration and key.
+const fn trusted_listener(uid: u32, own: u32) -> bool {
+    uid == 0 || uid == own
 }
 
 impl Datapath for UserspaceDatapath {
@@ -120,14 +161,9 @@ impl Datapath for UserspaceDatapath {
             return Ok(());
         }
         let Some(binary) = self.spawn.clone() else {
-            return Err(DatapathError::new(
-                format!(
-                    "reaching the userspace datapath at {}",
-                    self.socket.display()
-                ),
-                "no wireseal-tunnel process answers; start it (its own container in the DaemonSet) \
-                 or pass --spawn-tunnel PATH",
-            ));
+            return Err(DatapathError::NoTunnel {
+                socket: self.socket.clone(),
+            });
         };
         self.spawn_tunnel(&binary)?;
         let deadline = tokio::time::Instant::now() + SPAWN_WAIT;
@@ -137,19 +173,28 @@ impl Datapath for UserspaceDatapath {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(DatapathError::new(
-            format!("waiting for {}", self.socket.display()),
-            "the spawned wireseal-tunnel did not open its socket within 10 s",
-        ))
+        Err(DatapathError::SpawnTimeout {
+            socket: self.socket.clone(),
+            seconds: SPAWN_WAIT.as_secs(),
+        })
     }
 
     async fn observe(&mut self) -> Result<DeviceObservation, DatapathError> {
         let answer = self.exchange("get=1\n\n", "reading the device").await?;
-        decode_get(&answer).map_err(|err| {
-            DatapathError::new(
-                format!("decoding the device from {}", self.socket.display()),
-                err,
-            )
+        decode_get(&answer).map_err(|source| DatapathError::Uapi {
+            what: "reading the device",
+            socket: self.socket.clone(),
+            source,
+        })
+    }
+
+    async fn set_alternate_key(&mut self, key: Option<&PrivateKey>) -> Result<(), DatapathError> {
+        let request = encode_alternate_key(key.map(PrivateKey::as_bytes));
+        let answer = self.exchange(&request, "setting the alternate key").await?;
+        decode_set_answer(&answer).map_err(|source| DatapathError::Uapi {
+            what: "setting the alternate key",
+            socket: self.socket.clone(),
+            source,
         })
     }
 
@@ -157,14 +202,58 @@ impl Datapath for UserspaceDatapath {
         if plan.is_empty() {
             return Ok(());
         }
-        let answer = self
-            .exchange(&encode_set(plan, key), "configuring the device")
-            .await?;
-        decode_set_answer(&answer).map_err(|err| {
-            DatapathError::new(
-                format!("configuring the device over {}", self.socket.display()),
-                err,
-            )
+        let request = encode_set(plan, key.as_bytes());
+        let answer = self.exchange(&request, "configuring the device").await?;
+        decode_set_answer(&answer).map_err(|source| DatapathError::Uapi {
+            what: "configuring the device",
+            socket: self.socket.clone(),
+            source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn only_root_or_our_own_user_is_trusted() {
+        assert!(trusted_listener(0, 1000));
+        assert!(trusted_listener(1000, 1000));
+        assert!(!trusted_listener(65534, 1000));
+        assert!(!trusted_listener(65534, 0));
+    }
+
+    #[tokio::test]
+    #[ignore = "needs root: listens as another user"]
+    async fn the_key_goes_only_to_a_root_or_own_listener() {
+        use nix::unistd::{Uid, seteuid};
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut datapath = UserspaceDatapath::new("wsu0", tmp.path(), None);
+        // Another local user got to the path first (nextest gives this test its
+        // own process, so the process-wide euid switch touches nothing else).
+        seteuid(Uid::from_raw(65534)).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(datapath.socket());
+        seteuid(Uid::from_raw(0)).unwrap();
+        let listener = listener.unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let key = PrivateKey::generate().unwrap();
+        let mut plan = DevicePlan {
+            listen_port: Some(51830),
+            ..DevicePlan::default()
+        };
+        plan.set_private_key = Some(key.public_key());
+        let err = datapath.apply(&plan, &key).await.unwrap_err();
+        assert!(err.to_string().contains("uid 65534"), "{err:#}");
+        let mut stream = listener.accept().expect("the agent connected").0;
+        let mut got = Vec::new();
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut got);
+        assert!(got.is_empty(), "nothing was sent to the impostor");
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::node_view::node_view;
 use futures::{StreamExt, pin_mut};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
@@ -12,10 +13,9 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use wireseal_core::NodeView;
 use wireseal_core::annotation::PREFIX;
 
-use super::ClusterView;
+use crate::channels::{CONDITION_TYPE, ClusterView, EncryptedCondition};
 use crate::metrics::Metrics;
 
 /// Watches Nodes until the receiver side is gone, publishing the cluster view.
@@ -33,28 +33,30 @@ pub async fn watch_nodes(
     let stream = watcher(api, config).default_backoff();
     pin_mut!(stream);
     let mut current = ClusterView::default();
-    let mut listing: Option<BTreeMap<String, Node>> = None;
+    // A relist in progress, already as views: the Node objects themselves
+    // (managedFields, images, conditions …) are dropped as they arrive.
+    let mut listing: Option<ClusterView> = None;
     while let Some(event) = stream.next().await {
         let changed = match event {
             Ok(Event::Init) => {
-                listing = Some(BTreeMap::new());
+                listing = Some(ClusterView::default());
                 false
             }
             Ok(Event::InitApply(node)) => {
-                if let (Some(list), Some(name)) = (listing.as_mut(), node.metadata.name.clone()) {
-                    list.insert(name, node);
+                if let (Some(list), Some(name)) = (listing.as_mut(), node.metadata.name.as_ref()) {
+                    if *name == own_name {
+                        list.own_annotations = own_annotations(Some(&node));
+                        list.own_taints = own_taints(Some(&node));
+                        list.own_condition = own_condition(&node);
+                    }
+                    list.nodes.insert(name.clone(), node_view(&node));
                 }
                 false
             }
             Ok(Event::InitDone) => {
-                let list = listing.take().unwrap_or_default();
                 let mut next = ClusterView {
-                    nodes: list
-                        .iter()
-                        .map(|(name, node)| (name.clone(), NodeView::from_node(node)))
-                        .collect(),
-                    own_annotations: own_annotations(list.get(&own_name)),
                     synced: true,
+                    ..listing.take().unwrap_or_default()
                 };
                 let first = !current.synced;
                 std::mem::swap(&mut current, &mut next);
@@ -69,6 +71,8 @@ pub async fn watch_nodes(
                 let name = node.metadata.name.unwrap_or_default();
                 if name == own_name {
                     current.own_annotations.clear();
+                    current.own_taints.clear();
+                    current.own_condition = None;
                 }
                 current.nodes.remove(&name).is_some()
             }
@@ -91,15 +95,56 @@ fn apply(current: &mut ClusterView, own_name: &str, node: &Node) -> bool {
     let Some(name) = node.metadata.name.clone() else {
         return false;
     };
-    let view = NodeView::from_node(node);
+    let view = node_view(node);
     let mut changed = current.nodes.get(&name) != Some(&view);
     if name == own_name {
         let annotations = own_annotations(Some(node));
-        changed |= current.own_annotations != annotations;
+        let taints = own_taints(Some(node));
+        let condition = own_condition(node);
+        changed |= current.own_annotations != annotations
+            || current.own_taints != taints
+            || current.own_condition != condition;
         current.own_annotations = annotations;
+        current.own_taints = taints;
+        current.own_condition = condition;
     }
     current.nodes.insert(name, view);
     changed
+}
+
+fn own_taints(node: Option<&Node>) -> Vec<serde_json::Value> {
+    node.and_then(|n| n.spec.as_ref())
+        .and_then(|spec| spec.taints.as_ref())
+        .map(|taints| {
+            taints
+                .iter()
+                .filter_map(|taint| serde_json::to_value(taint).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `WiresealEncrypted` condition of `node`, if it has one.
+pub(crate) fn wireseal_condition(
+    node: &Node,
+) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == CONDITION_TYPE)
+}
+
+/// wireseal's condition on the node as the API server has it (the kubelet's
+/// heartbeats on the other conditions do not wake the loop: they are not read).
+fn own_condition(node: &Node) -> Option<EncryptedCondition> {
+    let condition = wireseal_condition(node)?;
+    Some(EncryptedCondition {
+        status: condition.status == "True",
+        reason: condition.reason.clone().unwrap_or_default(),
+        message: condition.message.clone().unwrap_or_default(),
+    })
 }
 
 fn own_annotations(node: Option<&Node>) -> BTreeMap<String, String> {

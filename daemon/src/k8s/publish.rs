@@ -1,6 +1,8 @@
 //! Publishes this node's `wireseal.dev/` annotations (public key, endpoint,
-//! status) through the nodes/status subresource, only when they differ from
-//! what the API server has, retrying with backoff.
+//! status) and its `WiresealEncrypted` condition through the nodes/status
+//! subresource, in one strategic merge patch (the condition merged by type,
+//! leaving the kubelet's), only when they differ from what the API server
+//! has, retrying with backoff.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,14 +14,13 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use wireseal_core::annotation::{ENDPOINT, PUBLIC_KEY, STATUS};
+use wireseal_core::annotation::{ENDPOINT, KEY_SWITCH_AT, NEXT_PUBLIC_KEY, PUBLIC_KEY, STATUS};
 
-use super::ClusterView;
+use crate::channels::{CONDITION_TYPE, ClusterView, EncryptedCondition, Outputs};
 use crate::metrics::Metrics;
-use crate::reconcile::Outputs;
 
 /// The annotations this agent owns. `pod-cidrs` is the operator's and is never written.
-const OWNED: [&str; 3] = [PUBLIC_KEY, ENDPOINT, STATUS];
+const OWNED: [&str; 5] = [PUBLIC_KEY, NEXT_PUBLIC_KEY, KEY_SWITCH_AT, ENDPOINT, STATUS];
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -41,15 +42,16 @@ pub async fn publish_own(
             }
             continue;
         };
-        let keys: Vec<String> = patch.keys().cloned().collect();
-        let body = json!({ "metadata": { "annotations": Value::Object(patch) } });
+        let keys: Vec<String> = patch.annotations.keys().cloned().collect();
+        let condition = patch.condition.is_some();
+        let body = patch.body(&now_rfc3339());
         match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&body))
             .await
         {
             Ok(_) => {
-                info!(node = %name, annotations = ?keys, "published own annotations");
-                metrics.annotation_patch(true);
+                info!(node = %name, annotations = ?keys, condition, "published own annotations and condition");
+                metrics.node_write(true);
                 backoff = FIRST_BACKOFF;
                 // Wait until the watch shows the write (or something else changes),
                 // so the same patch is not sent twice.
@@ -61,7 +63,7 @@ pub async fn publish_own(
             }
             Err(err) => {
                 warn!(node = %name, error = %err, retry_in = ?backoff, "publishing own annotations failed");
-                metrics.annotation_patch(false);
+                metrics.node_write(false);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -69,14 +71,83 @@ pub async fn publish_own(
     }
 }
 
-/// The merge-patch map for the owned annotations that differ, with `null` for
-/// an owned annotation that should no longer be there.
-fn pending_patch(outputs: &Outputs, view: &ClusterView) -> Option<Map<String, Value>> {
-    let want = outputs.own_annotations.as_ref()?;
+/// What differs between this node's annotations and condition as they
+/// should be and as the API server has them.
+#[derive(Debug, PartialEq)]
+struct Pending {
+    /// Owned annotations that differ, `null` for one that should go.
+    annotations: Map<String, Value>,
+    /// The condition, when it differs, and whether its status changed.
+    condition: Option<(EncryptedCondition, bool)>,
+}
+
+impl Pending {
+    /// The strategic merge patch, stamped `now` (RFC 3339). The transition
+    /// time moves only when the status changes, as Kubernetes conditions do.
+    fn body(&self, now: &str) -> Value {
+        let mut body = Map::new();
+        if !self.annotations.is_empty() {
+            body.insert(
+                "metadata".to_owned(),
+                json!({ "annotations": Value::Object(self.annotations.clone()) }),
+            );
+        }
+        if let Some((condition, transition)) = &self.condition {
+            let mut entry = json!({
+                "type": CONDITION_TYPE,
+                "status": if condition.status { "True" } else { "False" },
+                "reason": condition.reason,
+                "message": condition.message,
+                "lastHeartbeatTime": now,
+            });
+            if *transition {
+                entry["lastTransitionTime"] = Value::String(now.to_owned());
+            }
+            body.insert("status".to_owned(), json!({ "conditions": [entry] }));
+        }
+        Value::Object(body)
+    }
+}
+
+/// Now, to the second, as Kubernetes stamps condition times.
+fn now_rfc3339() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    now.round(k8s_openapi::jiff::Unit::Second)
+        .unwrap_or(now)
+        .to_string()
+}
+
+/// What to write, if anything. Nothing is written before the first full
+/// list: until then the API server's copy is unknown.
+fn pending_patch(outputs: &Outputs, view: &ClusterView) -> Option<Pending> {
     if !view.synced {
         return None;
     }
-    let have: &BTreeMap<String, String> = &view.own_annotations;
+    let annotations = outputs
+        .own_annotations
+        .as_ref()
+        .map(|want| annotation_patch(want, &view.own_annotations))
+        .unwrap_or_default();
+    let condition = outputs
+        .own_condition
+        .as_ref()
+        .and_then(|want| match &view.own_condition {
+            Some(have) if have == want => None,
+            Some(have) => Some((want.clone(), have.status != want.status)),
+            None => Some((want.clone(), true)),
+        });
+    (!annotations.is_empty() || condition.is_some()).then_some(Pending {
+        annotations,
+        condition,
+    })
+}
+
+/// The merge-patch map for the owned annotations that differ, with `null` for
+/// an owned annotation that should no longer be there.
+fn annotation_patch(
+    want: &BTreeMap<String, String>,
+    have: &BTreeMap<String, String>,
+) -> Map<String, Value> {
     let mut patch = Map::new();
     for key in OWNED {
         match (want.get(key), have.get(key)) {
@@ -90,12 +161,16 @@ fn pending_patch(outputs: &Outputs, view: &ClusterView) -> Option<Map<String, Va
             (None, None) => {}
         }
     }
-    (!patch.is_empty()).then_some(patch)
+    patch
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn annotations(pending: Option<Pending>) -> Option<Value> {
+        pending.map(|p| Value::Object(p.annotations))
+    }
 
     #[test]
     fn patches_only_what_differs_and_never_pod_cidrs() {
@@ -117,13 +192,68 @@ mod tests {
                 "10.0.0.0/24".to_owned(),
             ),
         ]);
-        let patch = pending_patch(&outputs, &view).unwrap();
-        assert_eq!(Value::Object(patch), json!({ STATUS: "s", ENDPOINT: null }));
+        assert_eq!(
+            annotations(pending_patch(&outputs, &view)),
+            Some(json!({ STATUS: "s", ENDPOINT: null }))
+        );
         view.synced = false;
         assert_eq!(
             pending_patch(&outputs, &view),
             None,
             "nothing is written before the first full list"
         );
+    }
+
+    #[test]
+    fn the_condition_is_written_when_it_differs_and_its_transition_time_moves_with_its_status() {
+        let condition = |status: bool, message: &str| EncryptedCondition {
+            status,
+            reason: if status {
+                "AllPeersEncrypted"
+            } else {
+                "PeersNotEncrypted"
+            }
+            .to_owned(),
+            message: message.to_owned(),
+        };
+        let outputs = Outputs {
+            own_condition: Some(condition(true, "2/2 peers encrypted, datapath kernel")),
+            ..Outputs::default()
+        };
+        let mut view = ClusterView {
+            synced: true,
+            ..ClusterView::default()
+        };
+
+        let first = pending_patch(&outputs, &view).unwrap();
+        assert_eq!(
+            first.body("2026-12-03T10:00:00Z"),
+            json!({ "status": { "conditions": [{
+                "type": "WiresealEncrypted",
+                "status": "True",
+                "reason": "AllPeersEncrypted",
+                "message": "2/2 peers encrypted, datapath kernel",
+                "lastHeartbeatTime": "2026-12-03T10:00:00Z",
+                "lastTransitionTime": "2026-12-03T10:00:00Z",
+            }]}}),
+            "a strategic patch of one condition: the kubelet's stay"
+        );
+
+        view.own_condition = outputs.own_condition.clone();
+        assert_eq!(pending_patch(&outputs, &view), None, "in place: no write");
+
+        view.own_condition = Some(condition(true, "1/1 peers encrypted, datapath kernel"));
+        let body = pending_patch(&outputs, &view).unwrap().body("t");
+        assert!(
+            body["status"]["conditions"][0]
+                .get("lastTransitionTime")
+                .is_none(),
+            "same status, new message: the transition time stays: {body}"
+        );
+
+        view.own_condition = Some(condition(false, "1/2 peers encrypted, datapath kernel"));
+        let body = pending_patch(&outputs, &view).unwrap().body("t");
+        assert_eq!(body["status"]["conditions"][0]["lastTransitionTime"], "t");
+        assert!(body.get("metadata").is_none(), "no annotation changed");
     }
 }

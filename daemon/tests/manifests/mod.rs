@@ -35,6 +35,37 @@ pub fn manifests() -> Vec<PathBuf> {
     DIRS.iter().flat_map(|dir| manifests_in(dir)).collect()
 }
 
+/// A chart template as helm renders it for release `wireseal` in namespace
+/// `wireseal`, for the few actions the caller handles: `line` keeps, rewrites
+/// or (`None`) drops each line, `values` are replaced as written; any action
+/// left fails. Returns the YAML documents.
+pub fn render_template<T: serde::de::DeserializeOwned>(
+    template: &str,
+    mut line: impl FnMut(&str) -> Option<String>,
+    values: &[(&str, &str)],
+) -> Vec<T> {
+    let mut text = String::new();
+    for kept in template.lines().filter_map(&mut line) {
+        text.push_str(&kept);
+        text.push('\n');
+    }
+    let mut text = text
+        .replace("{{ .Release.Name }}", "wireseal")
+        .replace("{{ .Release.Namespace }}", "wireseal");
+    for (action, value) in values {
+        text = text.replace(action, value);
+    }
+    assert!(
+        !text.contains("{{"),
+        "an action the test does not render:\n{text}"
+    );
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|doc| !doc.is_null())
+        .map(|doc| serde_yaml::from_value(doc).unwrap())
+        .collect()
+}
+
 pub fn documents_in(dir: &str) -> Vec<Value> {
     manifests_in(dir)
         .iter()
@@ -46,6 +77,25 @@ pub fn documents_in(dir: &str) -> Vec<Value> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// Runs `kubernetes-validate --strict` (offline schemas) on `files`, against
+/// `version` (its default, 1.37, when None); fails the test on any finding.
+pub fn validate_strict(version: Option<&str>, files: &[PathBuf]) {
+    let mut command = std::process::Command::new("kubernetes-validate");
+    command.arg("--strict");
+    if let Some(version) = version {
+        command.args(["--kubernetes-version", version]);
+    }
+    let output = command.args(files).output().expect(
+        "kubernetes-validate is required: python3 -m pip install kubernetes-validate==1.37.0 (see .ci/install)",
+    );
+    assert!(
+        output.status.success(),
+        "kubernetes-validate --strict failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 pub fn documents() -> Vec<Value> {

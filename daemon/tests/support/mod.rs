@@ -14,6 +14,8 @@ use wireseal::status::AgentStatus;
 use wireseal_fake_apiserver::{FakeApiServer, Handle};
 
 pub const KEY_ANNOTATION: &str = "wireseal.dev/public-key";
+/// The agents' `--key-rotation-lead`.
+pub const ROTATION_LEAD_SECS: u64 = 6;
 
 /// The fake API server plus a scratch directory.
 pub struct Cluster {
@@ -56,13 +58,7 @@ impl Cluster {
     }
 
     pub fn annotation(&self, node: &str, key: &str) -> Option<String> {
-        self.server
-            .state()
-            .get_node(node)?
-            .metadata
-            .annotations?
-            .get(key)
-            .cloned()
+        self.server.state().node_annotation(node, key)
     }
 
     pub fn set_annotation(&self, node: &str, key: &str, value: Option<&str>) {
@@ -80,6 +76,23 @@ impl Cluster {
 
     pub fn spawn_agent(&self, name: &str) -> Agent {
         Agent::spawn(self, name, &self.dir.path().join(name))
+    }
+
+    /// Nodes `names` (indices in order), an agent on each, and every agent
+    /// peered with every other one.
+    pub async fn full_mesh(&self, names: &[&str], timeout: Duration) -> Vec<Agent> {
+        for (i, name) in names.iter().enumerate() {
+            self.add_node(name, u8::try_from(i).unwrap());
+        }
+        let agents: Vec<Agent> = names.iter().map(|n| self.spawn_agent(n)).collect();
+        let all: Vec<&Agent> = agents.iter().collect();
+        for agent in &agents {
+            eventually("a full mesh", timeout, &all, || {
+                (agent.peers()? == expected_peers(agent, &all)?).then_some(())
+            })
+            .await;
+        }
+        agents
     }
 }
 
@@ -109,6 +122,7 @@ pub fn node(name: &str, index: u8, annotations: BTreeMap<String, String>) -> Nod
 pub struct Agent {
     pub name: String,
     pub status_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub state_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -120,6 +134,7 @@ impl Agent {
         let mut agent = Self {
             name: name.to_owned(),
             status_addr: free_port(),
+            metrics_addr: free_port(),
             state_dir: state_dir.to_owned(),
             log: cluster.dir.path().join(format!("{name}.log")),
             child: None,
@@ -144,6 +159,11 @@ impl Agent {
                 "1",
                 "--watch-timeout",
                 "5",
+                // A memory datapath never completes a handshake, so every
+                // change to its status is a "worse" one that the agent holds
+                // back; the tests wait seconds, not the default half minute.
+                "--status-hold",
+                "1",
             ])
             .arg("--node-name")
             .arg(&self.name)
@@ -153,7 +173,11 @@ impl Agent {
             .arg(&self.state_dir)
             .arg("--status-addr")
             .arg(self.status_addr.to_string())
+            .arg("--metrics-addr")
+            .arg(self.metrics_addr.to_string())
             .env("WIRESEAL_LOG", "info,wireseal=debug")
+            // A key rotation is announced this many seconds before its switch.
+            .env("WIRESEAL_KEY_ROTATION_LEAD", ROTATION_LEAD_SECS.to_string())
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::null())
             .stderr(log)
@@ -170,7 +194,7 @@ impl Agent {
     }
 
     pub fn status(&self) -> Option<AgentStatus> {
-        wireseal::status_cmd::fetch(self.status_addr).ok()
+        wireseal::status_cmd::fetch(&self.state_dir).ok()
     }
 
     /// Node name → public key (base64) of every remote node this agent peers with.

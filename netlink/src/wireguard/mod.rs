@@ -1,11 +1,13 @@
-//! Kernel WireGuard over generic netlink (`wireguard` family): read a device,
-//! and configure it from a [`DevicePlan`] in messages that each fit one
-//! netlink buffer. The userspace datapath speaks the UAPI instead; the plan
-//! is the same.
+//! The WireGuard device, configured from one [`DevicePlan`] through either of
+//! its two protocols, side by side: [`kernel`] encodes it as generic netlink
+//! messages (`wireguard` family) for kernel WireGuard, [`uapi`] as the text
+//! of the cross-platform UAPI for the userspace datapath. Both read the
+//! device back into the same [`wireseal_core::DeviceObservation`]. This module
+//! also holds the generic netlink connection that carries the kernel's.
 
-mod codec;
-#[cfg(test)]
-mod tests;
+mod checked;
+pub mod kernel;
+pub mod uapi;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,10 +23,10 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 use wireseal_core::DevicePlan;
 
-pub use codec::{
-    ALLOWED_IP_SINK, DeviceStep, MAX_MESSAGE_LEN, WgDevice, WgPeer, decode_device,
-    encode_get_device, encode_set_device,
-};
+pub use kernel::{ALLOWED_IP_SINK, MAX_MESSAGE_LEN, WgDevice, WgPeer};
+use kernel::{decode_get, encode_get, encode_set};
+
+pub(crate) use self::checked::Checked;
 
 use crate::error::{Errno, Error, Op};
 
@@ -82,21 +84,21 @@ impl WireGuard {
             .exchange(
                 &op,
                 iface,
-                encode_get_device(iface),
+                encode_get(iface),
                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP,
             )
             .await?;
-        let device = decode_device(replies);
+        let device = decode_get(replies);
         debug!(iface, peers = device.peers.len(), "wireguard get device");
         Ok(device)
     }
 
-    /// Applies one step of `plan` to `iface` (see [`encode_set_device`]),
-    /// message by message; stops at the first message the kernel refuses,
-    /// since later parts of a split peer depend on earlier ones. The private
-    /// key is sent only when the plan sets it, and never logged; the copies
-    /// inside the netlink crates' send buffers are not zeroed (they own them).
-    /// An empty step sends nothing.
+    /// Applies `plan` to `iface` (see [`kernel::encode_set`]), message by
+    /// message; stops at the first message the kernel refuses, since later
+    /// parts of a split peer depend on earlier ones. The private key is sent
+    /// only when the plan sets it, and never logged; the copies inside the
+    /// netlink crates' send buffers are not zeroed (they own them). An empty
+    /// plan sends nothing.
     ///
     /// # Errors
     /// As [`Self::get_device`], with [`Op::WgSetDevice`] naming the message.
@@ -105,10 +107,9 @@ impl WireGuard {
         iface: &str,
         plan: &DevicePlan,
         private_key: &[u8; 32],
-        step: DeviceStep,
     ) -> Result<(), Error> {
         crate::error::check_name(iface)?;
-        let messages = encode_set_device(iface, plan, private_key, step, MAX_MESSAGE_LEN);
+        let messages = encode_set(iface, plan, private_key, MAX_MESSAGE_LEN);
         let of = messages.len();
         for (message_index, message) in messages.into_iter().enumerate() {
             let op = Op::WgSetDevice {
@@ -120,28 +121,10 @@ impl WireGuard {
             let result = self
                 .exchange(&op, iface, message, NLM_F_REQUEST | NLM_F_ACK)
                 .await;
-            debug!(%op, ?step, ok = result.is_ok(), "wireguard set device");
+            debug!(%op, ok = result.is_ok(), "wireguard set device");
             result?;
         }
         Ok(())
-    }
-
-    /// Both steps of `plan` in order: settings and upserts, then removals. For
-    /// the documented plan order (route changes between the two), call
-    /// [`Self::set_device`] per step instead.
-    ///
-    /// # Errors
-    /// As [`Self::set_device`].
-    pub async fn apply_device(
-        &self,
-        iface: &str,
-        plan: &DevicePlan,
-        private_key: &[u8; 32],
-    ) -> Result<(), Error> {
-        self.set_device(iface, plan, private_key, DeviceStep::SettingsAndUpserts)
-            .await?;
-        self.set_device(iface, plan, private_key, DeviceStep::Removals)
-            .await
     }
 
     async fn exchange(
@@ -151,7 +134,7 @@ impl WireGuard {
         message: WireguardMessage,
         flags: u16,
     ) -> Result<Vec<WireguardMessage>, Error> {
-        let mut request = NetlinkMessage::from(GenlMessage::from_payload(message));
+        let mut request = NetlinkMessage::from(GenlMessage::from_payload(Checked(message)));
         request.header.flags = flags;
         let mut handle = self.handle.lock().await;
         let mut replies = handle
@@ -164,7 +147,7 @@ impl WireGuard {
             let reply_flags = reply.header.flags;
             match reply.payload {
                 NetlinkPayload::InnerMessage(genl) => {
-                    out.push(genl.payload);
+                    out.push(genl.payload.0);
                     if reply_flags & NLM_F_MULTIPART == 0 && flags & NLM_F_ACK == 0 {
                         return Ok(out);
                     }

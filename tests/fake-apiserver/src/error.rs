@@ -64,6 +64,26 @@ pub enum ApiError {
     /// 500 InternalError.
     #[error("{0}")]
     Internal(String),
+    /// 401 Unauthorized: a tokens file is loaded and the request has no
+    /// known bearer token.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// A ValidatingAdmissionPolicy denied the request: the code and reason
+    /// follow the policy's `reason` (Invalid, 422, when it names none), the
+    /// message is the real API server's.
+    #[error("{resource} \"{name}\" is forbidden: {message}")]
+    AdmissionDenied {
+        /// The qualified resource, e.g. `nodes`, `events.events.k8s.io`.
+        resource: String,
+        /// Object name.
+        name: String,
+        /// HTTP status code.
+        code: u16,
+        /// `Forbidden`, `Invalid`, `Unauthorized` or `RequestEntityTooLarge`.
+        reason: &'static str,
+        /// `ValidatingAdmissionPolicy '…' with binding '…' denied request: …`.
+        message: String,
+    },
     /// Any status code injected by fault injection.
     #[error("injected fault: {code}")]
     Injected {
@@ -86,7 +106,8 @@ impl ApiError {
             Self::TooLarge => 413,
             Self::Expired { .. } => 410,
             Self::Internal(_) => 500,
-            Self::Injected { code } => *code,
+            Self::Unauthorized => 401,
+            Self::AdmissionDenied { code, .. } | Self::Injected { code } => *code,
         }
     }
 
@@ -104,6 +125,8 @@ impl ApiError {
             Self::TooLarge => "RequestEntityTooLarge",
             Self::Expired { .. } => "Expired",
             Self::Internal(_) => "InternalError",
+            Self::Unauthorized => "Unauthorized",
+            Self::AdmissionDenied { reason, .. } => reason,
             Self::Injected { code } => reason_for_code(*code),
         }
     }
@@ -125,6 +148,21 @@ impl ApiError {
             | Self::AlreadyExists { resource, name }
             | Self::Conflict { resource, name } => {
                 status["details"] = json!({ "name": name, "kind": resource });
+            }
+            Self::AdmissionDenied {
+                resource,
+                name,
+                message,
+                ..
+            } => {
+                // As the real server's details: the plural as kind, its group apart.
+                let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
+                status["details"] = json!({
+                    "name": name,
+                    "group": group,
+                    "kind": kind,
+                    "causes": [{ "message": message }],
+                });
             }
             Self::Injected { code: 429 } => {
                 status["details"] = json!({ "retryAfterSeconds": 1 });
@@ -176,6 +214,14 @@ pub enum ServerError {
     /// Reading or parsing a nodes file failed.
     #[error("bad nodes file {path}: {message}")]
     NodesFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A tokens or admission policy file cannot be read or is not valid.
+    #[error("bad file {path}: {message}")]
+    ConfigFile {
         /// The file.
         path: std::path::PathBuf,
         /// What was wrong.

@@ -4,8 +4,9 @@
 //! (core/v1 and events.k8s.io/v1) and an always-empty Pod list, with real
 //! resourceVersion semantics, watches (bookmarks, timeouts, in-stream 410),
 //! the four patch types, label/field selectors, discovery and the Table view
-//! kubectl needs, and run-time fault injection. See README.md for what a fake
-//! cannot prove.
+//! kubectl needs, run-time fault injection, and optionally bearer-token
+//! authentication ([`auth`]) and ValidatingAdmissionPolicies ([`admission`]).
+//! See README.md for what a fake cannot prove.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,6 +17,8 @@
 //! ```
 
 mod admin;
+pub mod admission;
+pub mod auth;
 pub mod discovery;
 mod error;
 pub mod events;
@@ -30,7 +33,7 @@ mod view;
 mod watch;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +41,8 @@ use serde_json::Value;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
+pub use admission::Policies;
+pub use auth::{Tokens, UserInfo};
 pub use error::{ApiError, ServerError};
 pub use faults::{FailRule, Faults};
 pub use server::AccessLogEntry;
@@ -58,6 +63,14 @@ pub struct Config {
     pub history_limit: usize,
     /// How often watch streams that allow bookmarks get one.
     pub bookmark_interval: Duration,
+    /// A tokens file ([`auth`]): every API request must carry one of its
+    /// bearer tokens (401 otherwise), and admission sees that token's user.
+    /// None: no authentication, every request is `system:anonymous`.
+    pub tokens_file: Option<PathBuf>,
+    /// Files of ValidatingAdmissionPolicies and bindings ([`admission`]),
+    /// enforced on every create, update, patch and delete. Empty: everything
+    /// is admitted.
+    pub admission_policies: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -67,6 +80,8 @@ impl Default for Config {
             admin_listen: None,
             history_limit: 1000,
             bookmark_interval: Duration::from_secs(1),
+            tokens_file: None,
+            admission_policies: Vec::new(),
         }
     }
 }
@@ -100,8 +115,15 @@ impl FakeApiServer {
     /// the server runs on that runtime until the [`Handle`] is dropped.
     ///
     /// # Errors
-    /// [`ServerError::Bind`] if a listener cannot be bound.
+    /// [`ServerError::Bind`] if a listener cannot be bound,
+    /// [`ServerError::ConfigFile`] for a bad tokens or policy file.
     pub async fn start_with(config: Config) -> Result<Handle, ServerError> {
+        let tokens = config
+            .tokens_file
+            .as_deref()
+            .map(Tokens::load)
+            .transpose()?;
+        let policies = Policies::load(&config.admission_policies)?;
         let state = State::new(config.history_limit);
         let faults = Faults::new(state.clone());
         let log = AccessLog::default();
@@ -112,6 +134,8 @@ impl FakeApiServer {
             log: log.clone(),
             bookmark_interval: config.bookmark_interval,
             shutdown: shutdown_rx,
+            tokens,
+            policies,
         });
         let api = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -186,15 +210,27 @@ impl Handle {
         kubeconfig_for(&self.url())
     }
 
+    /// A kubeconfig pointing at this server whose user sends `token` (a
+    /// token of the tokens file) as its bearer token.
+    #[must_use]
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
+        kubeconfig_for_user(&self.url(), Some(token))
+    }
+
     /// Writes [`Handle::kubeconfig`] to `path`.
     ///
     /// # Errors
     /// [`ServerError::Write`] if the file cannot be written.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), ServerError> {
-        std::fs::write(path, self.kubeconfig()).map_err(|source| ServerError::Write {
-            path: path.to_owned(),
-            source,
-        })
+        write_file(path, &self.kubeconfig())
+    }
+
+    /// Writes [`Handle::kubeconfig_with_token`] to `path`.
+    ///
+    /// # Errors
+    /// [`ServerError::Write`] if the file cannot be written.
+    pub fn write_kubeconfig_with_token(&self, path: &Path, token: &str) -> Result<(), ServerError> {
+        write_file(path, &self.kubeconfig_with_token(token))
     }
 
     /// The object store, to seed, inspect and change objects directly.
@@ -245,9 +281,27 @@ impl Drop for Handle {
     }
 }
 
+fn write_file(path: &Path, text: &str) -> Result<(), ServerError> {
+    std::fs::write(path, text).map_err(|source| ServerError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// A kubeconfig for a plain-HTTP server URL.
 #[must_use]
 pub fn kubeconfig_for(url: &str) -> String {
+    kubeconfig_for_user(url, None)
+}
+
+/// A kubeconfig for a plain-HTTP server URL whose user sends `token`, if any.
+#[must_use]
+pub fn kubeconfig_for_user(url: &str, token: Option<&str>) -> String {
+    // JSON strings are YAML strings: any token stays one scalar.
+    let user = token.map_or_else(
+        || "{}".to_owned(),
+        |t| format!("{{token: {}}}", Value::String(t.to_owned())),
+    );
     format!(
         "apiVersion: v1
 kind: Config
@@ -263,7 +317,7 @@ contexts:
 current-context: fake
 users:
 - name: fake
-  user: {{}}
+  user: {user}
 "
     )
 }

@@ -33,6 +33,15 @@ struct Args {
     /// Milliseconds between watch bookmarks.
     #[arg(long, default_value_t = 1000)]
     bookmark_interval_ms: u64,
+    /// Bearer tokens and the users they stand for (YAML: a list of
+    /// {token, user: {username, uid, groups, extra}}). Every API request then
+    /// needs one (401 otherwise).
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// ValidatingAdmissionPolicies and their bindings to enforce on every
+    /// write (YAML, admissionregistration.k8s.io/v1). Repeat for more files.
+    #[arg(long = "admission-policy", value_name = "FILE")]
+    admission_policies: Vec<PathBuf>,
     /// Log filter (tracing EnvFilter syntax); `debug` logs every request.
     #[arg(long, default_value = "info", env = "FAKE_APISERVER_LOG")]
     log: String,
@@ -54,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
         admin_listen: args.admin_listen,
         history_limit: args.history_limit,
         bookmark_interval: Duration::from_millis(args.bookmark_interval_ms.max(1)),
+        tokens_file: args.tokens,
+        admission_policies: args.admission_policies,
     })
     .await?;
     if let Some(path) = &args.nodes {

@@ -10,6 +10,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use crate::admission::{Operation, Request as AdmissionRequest};
+use crate::auth::UserInfo;
 use crate::discovery;
 use crate::error::ApiError;
 use crate::events::{CORE_EVENT_FIELDS, v1_field_to_core, v1_to_core};
@@ -127,6 +129,62 @@ fn apply_strategy(target: &Target, current: &Value, new: &mut Value) {
     }
 }
 
+/// Runs the ValidatingAdmissionPolicies on one write: `new` as it would be
+/// stored (after the patch and the strategy), `old` as it is stored (both
+/// canonical; admission sees them in the form of the API the request used).
+fn admit(
+    shared: &Shared,
+    target: &Target,
+    user: &UserInfo,
+    view: View,
+    new: Option<&Value>,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    if shared.policies.is_empty() {
+        return Ok(());
+    }
+    let operation = match (new, old) {
+        (Some(_), Some(_)) => Operation::Update,
+        (Some(_), None) => Operation::Create,
+        (None, _) => Operation::Delete,
+    };
+    let object = new.map(|o| view.render(o));
+    let old = old.map(|o| view.render(o));
+    let (object, old) = (object.as_ref(), old.as_ref());
+    let name = object
+        .or(old)
+        .and_then(|o| o.pointer("/metadata/name"))
+        .and_then(Value::as_str)
+        .or(target.name.as_deref())
+        .unwrap_or_default();
+    let request = AdmissionRequest {
+        operation,
+        group: match target.group {
+            Group::Core => "",
+            Group::EventsV1 => "events.k8s.io",
+        },
+        version: "v1",
+        kind: target.kind.kind_name(),
+        resource: target.kind.plural(),
+        subresource: if target.status { "status" } else { "" },
+        name,
+        namespace: target.namespace.as_deref().unwrap_or_default(),
+        user,
+        object,
+        old_object: old,
+    };
+    shared.policies.validate(&request).map_err(|denial| {
+        tracing::info!(
+            policy = %denial.policy,
+            user = %user.username,
+            name,
+            message = %denial.message,
+            "admission denied"
+        );
+        denial.to_api_error(&request)
+    })
+}
+
 fn build_filter(target: &Target, q: &Query) -> Result<Filter, ApiError> {
     let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or_default())?;
     let mut fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default())?;
@@ -173,6 +231,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
     target: Target,
+    user: &UserInfo,
 ) -> Result<Response<Body>, ApiError> {
     let q = Query::parse(req.uri().query());
     let view = view_for(&target, header(&req, ACCEPT));
@@ -251,6 +310,7 @@ pub(crate) async fn handle(
                     meta.insert("namespace".into(), json!(ns));
                 }
             }
+            admit(shared, &target, user, write_view, Some(&obj), None)?;
             let created = shared.state.create(target.kind, obj)?;
             Ok(json_response(201, &write_view.render(&created)))
         }
@@ -263,6 +323,7 @@ pub(crate) async fn handle(
                 .update_with(target.kind, &ns, &name, |current| {
                     let mut new = new;
                     apply_strategy(&target, current, &mut new);
+                    admit(shared, &target, user, write_view, Some(&new), Some(current))?;
                     Ok(new)
                 })?;
             Ok(json_response(200, &write_view.render(&updated)))
@@ -282,6 +343,7 @@ pub(crate) async fn handle(
                     let patched = apply_patch(kind, &write_view.render(current), &body)?;
                     let mut new = to_stored(&target, patched)?;
                     apply_strategy(&target, current, &mut new);
+                    admit(shared, &target, user, write_view, Some(&new), Some(current))?;
                     Ok(new)
                 });
             let updated = match result {
@@ -292,7 +354,9 @@ pub(crate) async fn handle(
                     if target.kind.namespaced() {
                         obj["metadata"]["namespace"] = json!(ns);
                     }
-                    let created = shared.state.create(target.kind, to_stored(&target, obj)?)?;
+                    let obj = to_stored(&target, obj)?;
+                    admit(shared, &target, user, write_view, Some(&obj), None)?;
+                    let created = shared.state.create(target.kind, obj)?;
                     return Ok(json_response(201, &write_view.render(&created)));
                 }
                 other => other?,
@@ -313,12 +377,13 @@ pub(crate) async fn handle(
                     .and_then(Value::as_str)
                     .map(str::to_owned)
             };
-            let deleted = shared.state.delete(
+            let deleted = shared.state.delete_with(
                 target.kind,
                 &ns,
                 &name,
                 pre("uid").as_deref(),
                 pre("resourceVersion").as_deref(),
+                |current| admit(shared, &target, user, write_view, None, Some(current)),
             )?;
             Ok(json_response(200, &write_view.render(&deleted)))
         }

@@ -14,6 +14,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::admission::Policies;
+use crate::auth::{Tokens, UserInfo};
 use crate::discovery;
 use crate::error::ApiError;
 use crate::faults::Faults;
@@ -67,6 +69,10 @@ pub(crate) struct Shared {
     pub(crate) log: AccessLog,
     pub(crate) bookmark_interval: Duration,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Authentication, when a tokens file is given.
+    pub(crate) tokens: Option<Tokens>,
+    /// Admission on every write (empty: none).
+    pub(crate) policies: Policies,
 }
 
 pub(crate) fn json_response(code: u16, body: &Value) -> Response<Body> {
@@ -243,6 +249,15 @@ async fn api(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>, 
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
+    // Authentication comes first on a real server too, discovery included.
+    let user = match &shared.tokens {
+        Some(tokens) => tokens.authenticate(
+            req.headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )?,
+        None => UserInfo::anonymous(),
+    };
     match segs.as_slice() {
         ["version"] => get_only(&method, discovery::version()),
         ["api"] => get_only(&method, discovery::api_versions()),
@@ -252,11 +267,11 @@ async fn api(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>, 
         ["apis", "events.k8s.io", "v1"] => get_only(&method, discovery::events_v1_resources()),
         ["api", "v1", rest @ ..] => {
             let target = parse_target(Group::Core, rest)?;
-            crate::resources::handle(req, shared, target).await
+            crate::resources::handle(req, shared, target, &user).await
         }
         ["apis", "events.k8s.io", "v1", rest @ ..] => {
             let target = parse_target(Group::EventsV1, rest)?;
-            crate::resources::handle(req, shared, target).await
+            crate::resources::handle(req, shared, target, &user).await
         }
         _ => Err(ApiError::UnknownPath),
     }

@@ -407,17 +407,20 @@ impl State {
         Ok(new)
     }
 
-    /// Deletes an object; `precondition_uid`/`precondition_rv` give 409 on mismatch.
+    /// Deletes an object; `precondition_uid`/`precondition_rv` give 409 on
+    /// mismatch, and `check` (admission) decides on the stored object under
+    /// the same lock.
     ///
     /// # Errors
-    /// 404 if missing, 409 on a failed precondition.
-    pub(crate) fn delete(
+    /// 404 if missing, 409 on a failed precondition, whatever `check` returns.
+    pub(crate) fn delete_with(
         &self,
         kind: Kind,
         namespace: &str,
         name: &str,
         precondition_uid: Option<&str>,
         precondition_rv: Option<&str>,
+        check: impl FnOnce(&Value) -> Result<(), ApiError>,
     ) -> Result<Value, ApiError> {
         let mut g = self.lock();
         let key = (kind, namespace.to_owned(), name.to_owned());
@@ -435,6 +438,7 @@ impl State {
                 name: name.into(),
             });
         }
+        check(&current)?;
         g.rv += 1;
         let mut last = current.clone();
         if let Some(meta) = last.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -505,6 +509,16 @@ impl State {
             .and_then(|v| serde_json::from_value(v).ok())
     }
 
+    /// One annotation of the stored Node, if both exist.
+    #[must_use]
+    pub fn node_annotation(&self, name: &str, key: &str) -> Option<String> {
+        self.get(Kind::Node, "", name)?
+            .pointer("/metadata/annotations")?
+            .get(key)?
+            .as_str()
+            .map(str::to_owned)
+    }
+
     /// All Nodes, by name.
     #[must_use]
     pub fn nodes(&self) -> Vec<Node> {
@@ -543,7 +557,7 @@ impl State {
     /// # Errors
     /// 404 if missing.
     pub fn delete_node(&self, name: &str) -> Result<Node, ApiError> {
-        from_value(self.delete(Kind::Node, "", name, None, None)?)
+        from_value(self.delete_with(Kind::Node, "", name, None, None, |_| Ok(()))?)
     }
 
     /// Every stored Event, in core/v1 form (whichever API created it).

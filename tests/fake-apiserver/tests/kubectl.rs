@@ -91,6 +91,31 @@ fn columns(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
 
+/// Starts the binary on a free port with its kubeconfig in `dir` and `args`;
+/// returns it, the kubeconfig and the address of its first stdout line.
+async fn binary(dir: &Path, args: &[&std::ffi::OsStr]) -> (tokio::process::Child, PathBuf, String) {
+    let kubeconfig = dir.join("kubeconfig");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
+        .args(["--listen", "127.0.0.1:0", "--kubeconfig-out"])
+        .arg(&kubeconfig)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(KUBECTL_TIMEOUT, out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    (child, kubeconfig, addr.to_owned())
+}
+
 #[tokio::test]
 async fn get_nodes_prints_real_columns() {
     bounded(async {
@@ -339,22 +364,8 @@ async fn binary_with_nodes_file_kubeconfig_and_admin_endpoints() {
              {\"kind\":\"NodeList\",\"apiVersion\":\"v1\",\"items\":[{\"metadata\":{\"name\":\"demo-2\"}}]}\n",
         )
         .unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--nodes")
-            .arg(&nodes_file)
-            .arg("--kubeconfig-out")
-            .arg(&kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(KUBECTL_TIMEOUT, out.next_line()).await.unwrap().unwrap().unwrap();
-        let addr = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let (mut child, kubeconfig, addr) =
+            binary(dir.path(), &["--nodes".as_ref(), nodes_file.as_ref()]).await;
         let url = format!("http://{addr}");
         assert!(std::fs::read_to_string(&kubeconfig).unwrap().contains(&url));
 
@@ -397,6 +408,67 @@ async fn binary_with_nodes_file_kubeconfig_and_admin_endpoints() {
         }
         child.start_kill().unwrap();
         let _ = child.wait().await;
+    })
+    .await;
+}
+
+/// Denies the anonymous user (what kubectl is to the fake, below) node-b.
+const ANONYMOUS_POLICY: &str = "
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: not-node-b}
+spec:
+  matchConstraints:
+    resourceRules:
+      - {apiGroups: [''], apiVersions: [v1], operations: [UPDATE], resources: [nodes]}
+  matchConditions:
+    - {name: anonymous, expression: \"request.userInfo.username == 'system:anonymous'\"}
+  validations:
+    - {expression: \"object.metadata.name != 'node-b'\", reason: Forbidden, message: node-b is not yours}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: not-node-b}
+spec: {policyName: not-node-b, validationActions: [Deny]}
+";
+
+#[tokio::test]
+async fn binary_with_policies_and_tokens_as_kubectl_sees_them() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let nodes = file("nodes.yaml", "metadata: {name: node-a}\n---\nmetadata: {name: node-b}\n");
+        let policy = file("policy.yaml", ANONYMOUS_POLICY);
+        let (_server, kubeconfig, _) = binary(
+            dir.path(),
+            &["--nodes".as_ref(), nodes.as_ref(), "--admission-policy".as_ref(), policy.as_ref()],
+        )
+        .await;
+        let k = Kubectl::from_kubeconfig(&kubeconfig);
+        k.ok(&["annotate", "node", "node-a", "example.com/x=1"]).await;
+        let (ok, _, stderr) = k.run(&["annotate", "node", "node-b", "example.com/x=1"]).await;
+        assert!(!ok, "node-b must be refused");
+        assert!(
+            stderr.contains(
+                "nodes \"node-b\" is forbidden: ValidatingAdmissionPolicy 'not-node-b' with binding \
+                 'not-node-b' denied request: node-b is not yours"
+            ),
+            "{stderr}"
+        );
+
+        // With a tokens file every request needs a token, and kubectl (like
+        // client-go) sends none over plain HTTP: it is told to log in. The
+        // agent's kube-rs does send it (admission.rs).
+        let tokens = file("tokens.yaml", common::TOKENS);
+        let other = tempfile::tempdir().unwrap();
+        let (_server, kubeconfig, _) = binary(other.path(), &["--tokens".as_ref(), tokens.as_ref()]).await;
+        let k = Kubectl::from_kubeconfig(&kubeconfig);
+        let (ok, _, stderr) = k.run(&["--token", "admin", "get", "nodes"]).await;
+        assert!(!ok && stderr.contains("provide credentials"), "{stderr}");
     })
     .await;
 }

@@ -1,7 +1,6 @@
 //! The fake apiserver, run inside the underlay namespace so that agents in the
 //! node namespaces reach it over the underlay, as they would reach a real one.
 
-use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, anyhow};
@@ -19,11 +18,13 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Starts the server on `addr` inside `ns`.
+    /// Starts the server with `config` (its listen address included) inside `ns`.
     ///
     /// # Errors
-    /// When the namespace cannot be entered or the address bound.
-    pub fn start_in(ns: &Netns, addr: SocketAddr) -> Result<Self> {
+    /// When the namespace cannot be entered, the address bound, or a tokens or
+    /// policy file is bad.
+    pub fn start_in(ns: &Netns, config: Config) -> Result<Self> {
+        let addr = config.listen;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let name = ns.name().to_owned();
@@ -49,10 +50,6 @@ impl ApiServer {
                     }
                 };
                 runtime.block_on(async move {
-                    let config = Config {
-                        listen: addr,
-                        ..Config::default()
-                    };
                     let started = FakeApiServer::start_with(config)
                         .await
                         .map_err(|e| anyhow!(e));

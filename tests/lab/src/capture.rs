@@ -4,10 +4,12 @@
 //! Passing means: every IP packet between nodes is UDP to or from the WireGuard
 //! port carrying a WireGuard message (types 1–4 with three zero reserved bytes),
 //! data messages were seen, and the plaintext canary the pods sent appears in no
-//! packet. Traffic to the apiserver is the control plane, counted apart.
+//! packet. Traffic to the apiserver is the control plane, counted apart. IPv4
+//! and IPv6 alike (each counted apart too); IPv6 neighbour discovery and
+//! MLD are the links' own chatter.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -86,7 +88,7 @@ impl Capture {
     ///
     /// # Errors
     /// When the capture file cannot be read or parsed.
-    pub fn finish(mut self, apiserver: Ipv4Addr, wireguard_port: u16) -> Result<CaptureReport> {
+    pub fn finish(mut self, apiserver: IpAddr, wireguard_port: u16) -> Result<CaptureReport> {
         self.settle();
         self.tcpdump.stop(Duration::from_secs(5));
         let bytes = std::fs::read(&self.file)
@@ -96,6 +98,31 @@ impl Capture {
 }
 
 impl Capture {
+    /// Stops the capture like [`Capture::finish`] and counts the captured
+    /// packets that match the tcpdump `filter` (e.g. `icmp and host 198.18.0.11`),
+    /// whatever the link type (a TUN device captures raw IP).
+    ///
+    /// # Errors
+    /// When tcpdump cannot read the file back.
+    pub fn finish_matching(mut self, filter: &str) -> Result<usize> {
+        self.settle();
+        self.tcpdump.stop(Duration::from_secs(5));
+        let out = std::process::Command::new("tcpdump")
+            .args(["-nn", "-r"])
+            .arg(&self.file)
+            .arg(filter)
+            .output()
+            .context("running tcpdump -r")?;
+        if !out.status.success() {
+            bail!(
+                "tcpdump -r {} {filter}: {}",
+                self.file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+    }
+
     /// Waits until the capture file has stopped growing for a moment (at
     /// most 2 s). Frames the kernel already handed to tcpdump may not be in
     /// the file yet when the traffic ends: a short exchange that ends the
@@ -139,6 +166,10 @@ pub struct CaptureReport {
     pub plaintext_count: usize,
     /// Frames containing the canary.
     pub canary_frames: usize,
+    /// Of those, the IPv6 packets (a pod's ICMPv6 in clear).
+    pub canary_frames_v6: usize,
+    /// Of the plaintext packets, the IPv6 ones.
+    pub plaintext_count_v6: usize,
 }
 
 impl CaptureReport {
@@ -147,6 +178,24 @@ impl CaptureReport {
     #[must_use]
     pub fn encrypted(&self) -> bool {
         self.plaintext_count == 0 && self.canary_frames == 0 && self.wireguard[3] > 0
+    }
+
+    /// Frames carrying the canary in clear as packets of `family`.
+    #[must_use]
+    pub fn canary_frames_of(&self, family: crate::topology::Family) -> usize {
+        match family {
+            crate::topology::Family::V4 => self.canary_frames - self.canary_frames_v6,
+            crate::topology::Family::V6 => self.canary_frames_v6,
+        }
+    }
+
+    /// Plaintext node-to-node packets of `family`.
+    #[must_use]
+    pub fn plaintext_of(&self, family: crate::topology::Family) -> usize {
+        match family {
+            crate::topology::Family::V4 => self.plaintext_count - self.plaintext_count_v6,
+            crate::topology::Family::V6 => self.plaintext_count_v6,
+        }
     }
 }
 
@@ -175,15 +224,18 @@ impl fmt::Display for CaptureReport {
 ///
 /// # Errors
 /// When the bytes are not a pcap file of Ethernet frames.
-pub fn analyse(pcap: &[u8], apiserver: Ipv4Addr, wireguard_port: u16) -> Result<CaptureReport> {
+pub fn analyse(pcap: &[u8], apiserver: IpAddr, wireguard_port: u16) -> Result<CaptureReport> {
     let mut report = CaptureReport::default();
     let (link, frames) = frames(pcap)?;
     for frame in frames {
         report.frames += 1;
+        let ipv6 = classify(frame, link, apiserver, wireguard_port, &mut report);
         if contains(frame, CANARY) {
             report.canary_frames += 1;
+            if ipv6 {
+                report.canary_frames_v6 += 1;
+            }
         }
-        classify(frame, link, apiserver, wireguard_port, &mut report);
     }
     Ok(report)
 }
@@ -219,13 +271,14 @@ impl LinkType {
     }
 }
 
+/// Counts one frame in `report`; true when it is an IPv6 packet.
 fn classify(
     frame: &[u8],
     link: LinkType,
-    apiserver: Ipv4Addr,
+    apiserver: IpAddr,
     port: u16,
     report: &mut CaptureReport,
-) {
+) -> bool {
     const ETHERTYPE_IPV4: u16 = 0x0800;
     const ETHERTYPE_IPV6: u16 = 0x86dd;
     let (type_at, header) = link.layout();
@@ -236,65 +289,86 @@ fn classify(
         frame.get(header..),
     ) else {
         report.non_ip += 1;
-        return;
+        return false;
     };
-    let describe = |what: String, report: &mut CaptureReport| {
+    // (source, destination, protocol, payload) of either family.
+    let packet = match ethertype {
+        ETHERTYPE_IPV4 if ip.len() >= 20 => {
+            let header_len = usize::from(ip[0] & 0x0f) * 4;
+            let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
+            let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+            (src, dst, ip[9], ip.get(header_len..).unwrap_or_default())
+        }
+        ETHERTYPE_IPV6 if ip.len() >= 40 => {
+            let address = |bytes: &[u8]| {
+                IpAddr::V6(Ipv6Addr::from(
+                    <[u8; 16]>::try_from(bytes).unwrap_or_default(),
+                ))
+            };
+            (address(&ip[8..24]), address(&ip[24..40]), ip[6], &ip[40..])
+        }
+        _ => {
+            report.non_ip += 1;
+            return false;
+        }
+    };
+    let (src, dst, protocol, payload) = packet;
+    let ipv6 = dst.is_ipv6();
+    let mut describe = |what: String| {
         report.plaintext_count += 1;
+        if ipv6 {
+            report.plaintext_count_v6 += 1;
+        }
         if report.plaintext.len() < 20 {
             report.plaintext.push(what);
         }
     };
-    match ethertype {
-        ETHERTYPE_IPV4 if ip.len() >= 20 => {
-            let header_len = usize::from(ip[0] & 0x0f) * 4;
-            let protocol = ip[9];
-            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-            let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-            if src == apiserver || dst == apiserver {
-                report.control_plane += 1;
-                return;
-            }
-            let payload = ip.get(header_len..).unwrap_or_default();
-            if protocol == 17 && payload.len() >= 12 {
-                let sport = u16::from_be_bytes([payload[0], payload[1]]);
-                let dport = u16::from_be_bytes([payload[2], payload[3]]);
-                let message = &payload[8..];
-                if (sport == port || dport == port) && is_wireguard(message) {
-                    report.wireguard[usize::from(message[0] - 1)] += 1;
-                    return;
-                }
-                describe(format!("UDP {src}:{sport} -> {dst}:{dport}"), report);
-                return;
-            }
-            let name = match protocol {
-                1 => "ICMP",
-                6 => "TCP",
-                17 => "UDP",
-                _ => "IP",
-            };
-            describe(format!("{name} {src} -> {dst}"), report);
-        }
-        ETHERTYPE_IPV6 if ip.len() >= 40 => {
-            let next_header = ip[6];
-            let src =
-                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap_or_default());
-            let dst =
-                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap_or_default());
-            // Neighbour discovery and MLD (ICMPv6, or hop-by-hop for MLD) between
-            // link-local addresses or to multicast: the links' own chatter.
-            let link_scope =
-                src.is_unicast_link_local() || src.is_unspecified() || dst.is_multicast();
-            if link_scope && (next_header == 58 || next_header == 0) {
-                report.link_local += 1;
-                return;
-            }
-            describe(
-                format!("IPv6 {src} -> {dst} (next header {next_header})"),
-                report,
-            );
-        }
-        _ => report.non_ip += 1,
+    if src == apiserver || dst == apiserver {
+        report.control_plane += 1;
+        return ipv6;
     }
+    if let (IpAddr::V6(src6), IpAddr::V6(dst6)) = (src, dst) {
+        // Neighbour discovery (ICMPv6 133–137, between any addresses) and
+        // MLD (ICMPv6, or hop-by-hop for MLD) between link-local addresses
+        // or to multicast: the links' own chatter.
+        let neighbour_discovery =
+            protocol == 58 && payload.first().is_some_and(|t| (133..=137).contains(t));
+        let link_scope =
+            src6.is_unicast_link_local() || src6.is_unspecified() || dst6.is_multicast();
+        if neighbour_discovery || (link_scope && (protocol == 58 || protocol == 0)) {
+            report.link_local += 1;
+            return ipv6;
+        }
+    }
+    if protocol == 17 && payload.len() >= 12 {
+        let sport = u16::from_be_bytes([payload[0], payload[1]]);
+        let dport = u16::from_be_bytes([payload[2], payload[3]]);
+        let message = &payload[8..];
+        if (sport == port || dport == port) && is_wireguard(message) {
+            report.wireguard[usize::from(message[0] - 1)] += 1;
+            return ipv6;
+        }
+        describe(format!(
+            "UDP {} -> {}",
+            SocketAddr::new(src, sport),
+            SocketAddr::new(dst, dport)
+        ));
+        return ipv6;
+    }
+    let name = match (protocol, ipv6) {
+        (1, false) => "ICMP",
+        (58, true) => "ICMPv6",
+        (6, _) => "TCP",
+        (17, _) => "UDP",
+        (_, false) => "IP",
+        (_, true) => "IPv6",
+    };
+    if name == "IPv6" {
+        describe(format!("IPv6 {src} -> {dst} (next header {protocol})"));
+    } else {
+        describe(format!("{name} {src} -> {dst}"));
+    }
+    ipv6
 }
 
 /// A WireGuard message: type 1–4 followed by three zero bytes, with the
@@ -392,7 +466,7 @@ mod tests {
         frame
     }
 
-    const API: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const API: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
 
     #[test]
     fn wireguard_only_passes() {
@@ -442,14 +516,75 @@ mod tests {
     }
 
     fn ipv6_frame(src: [u8; 16], dst: [u8; 16], next_header: u8) -> Vec<u8> {
+        ipv6_packet(src, dst, next_header, &[0; 8])
+    }
+
+    fn ipv6_packet(src: [u8; 16], dst: [u8; 16], next_header: u8, payload: &[u8]) -> Vec<u8> {
         let mut frame = vec![0; 12];
         frame.extend_from_slice(&[0x86, 0xdd]);
-        frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, next_header, 255]);
+        let len = u16::try_from(payload.len()).unwrap().to_be_bytes();
+        frame.extend_from_slice(&[0x60, 0, 0, 0, len[0], len[1], next_header, 255]);
         frame.extend_from_slice(&src);
         frame.extend_from_slice(&dst);
-        frame.extend_from_slice(&[0; 8]);
+        frame.extend_from_slice(payload);
         frame
     }
+
+    fn v6(text: &str) -> [u8; 16] {
+        text.parse::<Ipv6Addr>().unwrap().octets()
+    }
+
+    #[test]
+    fn ipv6_wireguard_passes_and_an_icmpv6_canary_is_counted_as_ipv6() {
+        let udp = |sport: u16, dport: u16, message: &[u8]| {
+            let mut payload = sport.to_be_bytes().to_vec();
+            payload.extend_from_slice(&dport.to_be_bytes());
+            payload.extend_from_slice(&[0; 4]);
+            payload.extend_from_slice(message);
+            payload
+        };
+        let mut data = vec![4, 0, 0, 0];
+        data.resize(100, 9);
+        let (n0, n1, api) = (
+            v6("fd00:198:18::10"),
+            v6("fd00:198:18::11"),
+            v6("fd00:198:18::1"),
+        );
+        // A neighbour advertisement between global addresses is link chatter.
+        let mut advert = vec![136, 0, 0, 0];
+        advert.resize(24, 0);
+        let sealed = pcap(&[
+            ipv6_packet(n0, n1, 17, &udp(51830, 51830, &data)),
+            ipv6_packet(n1, api, 6, b"GET /api/v1/nodes"),
+            ipv6_packet(n1, n0, 58, &advert),
+        ]);
+        let api_ip = IpAddr::V6(APISERVER_V6);
+        let report = analyse(&sealed, api_ip, 51830).unwrap();
+        assert_eq!(report.wireguard, [0, 0, 0, 1]);
+        assert_eq!((report.control_plane, report.link_local), (1, 1));
+        assert!(report.encrypted(), "{report}");
+
+        let mut echo = vec![128, 0, 0, 0, 0, 1, 0, 1];
+        echo.extend_from_slice(CANARY);
+        let leaky = pcap(&[
+            ipv6_packet(v6("fd00:10:244::10"), v6("fd00:10:244:1::10"), 58, &echo),
+            udp_frame([10, 244, 0, 10], [10, 244, 1, 10], 5000, 5001, CANARY),
+        ]);
+        let report = analyse(&leaky, api_ip, 51830).unwrap();
+        assert_eq!(report.canary_frames, 2);
+        assert_eq!(report.canary_frames_of(crate::topology::Family::V6), 1);
+        assert_eq!(report.canary_frames_of(crate::topology::Family::V4), 1);
+        assert_eq!(report.plaintext_of(crate::topology::Family::V6), 1);
+        assert_eq!(
+            report.plaintext,
+            vec![
+                "ICMPv6 fd00:10:244::10 -> fd00:10:244:1::10".to_owned(),
+                "UDP 10.244.0.10:5000 -> 10.244.1.10:5001".to_owned()
+            ]
+        );
+    }
+
+    const APISERVER_V6: Ipv6Addr = crate::topology::APISERVER_IP6;
 
     #[test]
     fn neighbour_discovery_is_link_chatter_but_other_ipv6_is_plaintext() {
@@ -472,7 +607,7 @@ mod tests {
         assert_eq!(report.link_local, 1);
         assert_eq!(report.plaintext_count, 1);
         assert!(
-            report.plaintext[0].starts_with("IPv6 fd00::2 -> fd00::2"),
+            report.plaintext[0].starts_with("TCP fd00::2 -> fd00::2"),
             "{:?}",
             report.plaintext
         );

@@ -1,56 +1,97 @@
 //! A local multi-node wireseal cluster on one Linux machine, as root: nodes and
 //! pods in network namespaces on an underlay bridge, the existing CNI played by
 //! host-gw routes, the fake apiserver holding the Node objects, and per node
-//! one `wireseal-tunnel` (the userspace datapath) and one `wireseal agent`.
+//! one `wireseal-tunnel` (the userspace datapath) and one `wireseal agent`:
+//! as processes in the node's namespace, or ([`Runtime::Containers`]) as the
+//! DaemonSet's pod, its containers run from the image by a container engine
+//! with what `deploy/kubernetes/20-daemonset.yaml` gives them ([`daemonset`]).
 //!
 //! Used by `wireseal-lab demo` and by the end-to-end tests.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod apiserver;
 pub mod capture;
-pub mod netns;
+pub mod churn;
+pub mod daemonset;
+pub mod docker;
+pub mod identity;
+pub mod image;
+pub mod pods;
 pub mod process;
 mod registry;
+pub mod rotation;
 pub mod service;
 pub mod topology;
 pub mod traffic;
+
+/// The lab's network namespaces: the same harness as the privileged tests'.
+pub use wireseal_netns as netns;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams};
 use wireseal::status::AgentStatus;
 
 use crate::apiserver::ApiServer;
+use crate::capture::{Capture, CaptureReport};
+use crate::identity::Identity;
 use crate::process::{Proc, locate};
 pub use crate::registry::emergency_teardown;
-use crate::topology::{APISERVER_IP, APISERVER_PORT, Network};
+use crate::topology::{APISERVER_PORT, LabNode, Network, Stack};
 
 /// The tunnel interface name inside every node.
 pub const INTERFACE: &str = "wireseal0";
 /// The WireGuard port (wireseal's default).
 pub const WIREGUARD_PORT: u16 = 51830;
-/// Status endpoint of each agent, inside its node's namespace.
+/// Probe endpoint (/healthz, /readyz) of each agent, inside its node's namespace.
 pub const STATUS_ADDR: &str = "127.0.0.1:9830";
-/// Prefix of everything a lab creates (namespaces, run directories).
+/// Prefix of everything a lab creates (namespaces, run directories, containers).
 pub const PREFIX: &str = "wsl";
 
-/// Size of a lab.
+/// Size of a lab, and how wireseal runs on its nodes.
 #[derive(Debug, Clone, Copy)]
 pub struct LabConfig {
     /// Nodes.
     pub nodes: usize,
     /// Pods per node.
     pub pods: usize,
+    /// Processes, or the DaemonSet's containers.
+    pub runtime: Runtime,
+    /// Arguments added after every agent's own (processes and containers
+    /// alike), as a patch of the DaemonSet's `args` would add them.
+    pub agent_args: &'static [&'static str],
+    /// IPv4, dual-stack or IPv6-only (processes only).
+    pub stack: Stack,
 }
 
 impl Default for LabConfig {
     fn default() -> Self {
-        Self { nodes: 3, pods: 2 }
+        Self {
+            nodes: 3,
+            pods: 2,
+            runtime: Runtime::Processes,
+            agent_args: &[],
+            stack: Stack::V4,
+        }
     }
+}
+
+/// How wireseal runs on the lab's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// `wireseal-tunnel` and `wireseal agent` as processes in each node's
+    /// namespace, started with the lab's own flags.
+    Processes,
+    /// The DaemonSet's pod on each node: its containers, from the image the
+    /// lab builds with `deploy/image/build-offline.sh`, run by docker with the
+    /// manifest's settings. Each node's namespace is that of a sandbox
+    /// container the pods join.
+    Containers,
 }
 
 /// Per-node wireseal processes.
@@ -60,19 +101,27 @@ struct NodeProcs {
     tunnel: Option<Proc>,
 }
 
-/// A running lab. Dropping it stops every process and deletes every namespace.
+/// A running lab. Dropping it stops every process, removes every container
+/// and deletes every namespace.
 #[derive(Debug)]
 pub struct Lab {
     procs: Vec<NodeProcs>,
+    /// The DaemonSet pods running on each node (containers runtime).
+    pods: Vec<Option<pods::DaemonPod>>,
     apiserver: ApiServer,
     /// The network: nodes, pods, underlay.
     pub network: Network,
+    /// Image, manifests and node sandboxes (containers runtime); after
+    /// `network` so the sandboxes go once the namespaces' names are gone.
+    containers: Option<pods::ContainerRuntime>,
     /// Scratch directory: kubeconfig, per-node state and sockets, logs.
     pub dir: PathBuf,
     /// Prefix of this run's namespaces.
     pub prefix: String,
     wireseal: PathBuf,
     tunnel: PathBuf,
+    /// Extra flags for every agent started from now on (processes or containers).
+    agent_args: Vec<String>,
 }
 
 impl Lab {
@@ -88,8 +137,15 @@ impl Lab {
         if config.nodes < 2 || config.nodes > 200 || config.pods == 0 || config.pods > 200 {
             bail!("a lab has 2–200 nodes and 1–200 pods per node");
         }
+        if config.stack != Stack::V4 && config.runtime == Runtime::Containers {
+            bail!("the containers runtime has IPv4 only; IPv6 labs run processes");
+        }
         let wireseal = locate("wireseal")?;
         let tunnel = locate("wireseal-tunnel")?;
+        let mut containers = match config.runtime {
+            Runtime::Processes => None,
+            Runtime::Containers => Some(pods::ContainerRuntime::prepare(&wireseal, &tunnel)?),
+        };
         // pid and a counter: test binaries run several labs in one process.
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -97,31 +153,77 @@ impl Lab {
         registry::set_prefix(&run_id);
         let dir = std::env::temp_dir().join(format!("wireseal-lab-{run_id}"));
         create_private_dir(&dir)?;
-        let network = topology::build(&run_id, config.nodes, config.pods)?;
+        let network = match containers.as_mut() {
+            None => topology::build(&run_id, config.stack, config.nodes, config.pods)?,
+            Some(runtime) => topology::build_with(
+                &run_id,
+                config.stack,
+                config.nodes,
+                config.pods,
+                |i, name| runtime.node_namespace(&run_id, i, name),
+            )?,
+        };
         topology::install_cni_routes(&network)?;
-        let addr = SocketAddr::from((APISERVER_IP, APISERVER_PORT));
-        let apiserver = ApiServer::start_in(&network.underlay, addr)?;
+        // Every client has a token; every write passes wireseal's admission
+        // policies, as shipped.
+        let names: Vec<String> = network.nodes.iter().map(|n| n.name.clone()).collect();
+        let tokens = dir.join("tokens.yaml");
+        std::fs::write(&tokens, identity::tokens_file(&names))
+            .with_context(|| format!("writing {}", tokens.display()))?;
+        let policies = dir.join("30-admission.yaml");
+        std::fs::write(&policies, identity::ADMISSION_POLICIES)
+            .with_context(|| format!("writing {}", policies.display()))?;
+        let apiserver = ApiServer::start_in(
+            &network.underlay,
+            wireseal_fake_apiserver::Config {
+                listen: SocketAddr::from((config.stack.apiserver_ip(), APISERVER_PORT)),
+                tokens_file: Some(tokens),
+                admission_policies: vec![policies],
+                ..wireseal_fake_apiserver::Config::default()
+            },
+        )?;
         for node in &network.nodes {
             apiserver
                 .handle()
                 .state()
-                .create_node(&node_object(&node.name, node.index, &node.ip.to_string()))
+                .create_node(&lab_node_object(node, network.stack))
                 .map_err(|err| anyhow::anyhow!("registering Node {}: {err}", node.name))?;
         }
-        apiserver
-            .handle()
-            .write_kubeconfig(&dir.join("kubeconfig"))?;
+        // One kubeconfig per identity; the agents' are bound to their node.
+        for who in names
+            .iter()
+            .flat_map(|n| [Identity::Agent(n.clone()), Identity::Kubelet(n.clone())])
+            .chain([Identity::Admin, Identity::UnboundAgent])
+        {
+            apiserver
+                .handle()
+                .write_kubeconfig_with_token(&kubeconfig_path(&dir, &who), &who.token())?;
+        }
         let procs = (0..config.nodes).map(|_| NodeProcs::default()).collect();
-        tracing::info!(dir = %dir.display(), prefix = %run_id, "lab up");
+        tracing::info!(dir = %dir.display(), prefix = %run_id, runtime = ?config.runtime, "lab up");
         Ok(Self {
             procs,
+            pods: (0..config.nodes).map(|_| None).collect(),
             apiserver,
             network,
+            containers,
             dir,
             prefix: run_id,
             wireseal,
             tunnel,
+            agent_args: config
+                .agent_args
+                .iter()
+                .map(|arg| (*arg).to_owned())
+                .collect(),
         })
+    }
+
+    /// The address the fake apiserver listens on (and captures count as the
+    /// control plane).
+    #[must_use]
+    pub fn apiserver_ip(&self) -> std::net::IpAddr {
+        self.network.stack.apiserver_ip()
     }
 
     /// The fake apiserver (Node objects, faults).
@@ -159,6 +261,12 @@ impl Lab {
         })
     }
 
+    /// Gives every agent started from now on these extra flags (e.g.
+    /// `--strict`, `--cluster-cidrs …`).
+    pub fn set_agent_args(&mut self, args: &[&str]) {
+        self.agent_args = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
     /// Starts node `i`'s agent.
     ///
     /// # Errors
@@ -182,11 +290,15 @@ impl Lab {
             ])
             .args(["--node-name", &self.network.nodes[i].name])
             .arg("--kubeconfig")
-            .arg(self.dir.join("kubeconfig"))
+            .arg(kubeconfig_path(
+                &self.dir,
+                &Identity::Agent(self.network.nodes[i].name.clone()),
+            ))
             .arg("--state-dir")
             .arg(&state)
             .arg("--uapi-dir")
             .arg(node_dir.join("run"))
+            .args(&self.agent_args)
             .env("WIRESEAL_LOG", "info")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBECONFIG");
@@ -199,14 +311,19 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts the tunnel and the agent on every node.
+    /// Starts the tunnel and the agent on every node: as processes, or as
+    /// the DaemonSet's pod ([`Lab::start_pod`]).
     ///
     /// # Errors
     /// The first that fails to start.
     pub fn start_wireseal(&mut self) -> Result<()> {
         for i in 0..self.network.nodes.len() {
-            self.start_tunnel(i)?;
-            self.start_agent(i)?;
+            if self.containers.is_some() {
+                self.start_pod(i)?;
+            } else {
+                self.start_tunnel(i)?;
+                self.start_agent(i)?;
+            }
         }
         Ok(())
     }
@@ -233,7 +350,7 @@ impl Lab {
         let node = &self.network.nodes[i];
         self.apiserver()
             .state()
-            .create_node(&node_object(&node.name, node.index, &node.ip.to_string()))
+            .create_node(&lab_node_object(node, self.network.stack))
             .map(|_| ())
             .map_err(|err| anyhow::anyhow!("registering Node {}: {err}", node.name))
     }
@@ -294,6 +411,83 @@ impl Lab {
         Ok(out)
     }
 
+    /// Merge-patches Node `node` as `who` from inside node `from`'s network
+    /// namespace (where root on that node would send it), through the status
+    /// subresource or the Node itself: `Ok(Err(..))` is the API server's refusal.
+    ///
+    /// # Errors
+    /// When the request cannot be made at all.
+    pub fn patch_node_as(
+        &self,
+        from: usize,
+        who: &Identity,
+        node: &str,
+        status: bool,
+        patch: serde_json::Value,
+    ) -> Result<std::result::Result<(), Refused>> {
+        let kubeconfig = kubeconfig_path(&self.dir, who);
+        let enter = self.network.nodes[from].ns.enter_current_thread_fn();
+        let node = node.to_owned();
+        std::thread::spawn(move || {
+            enter()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let api: Api<Node> = Api::all(wireseal::k8s::client(Some(&kubeconfig)).await?.0);
+                let patch = Patch::Merge(&patch);
+                let params = PatchParams::default();
+                let result = if status {
+                    api.patch_status(&node, &params, &patch).await
+                } else {
+                    api.patch(&node, &params, &patch).await
+                };
+                match result {
+                    Ok(_) => Ok(Ok(())),
+                    Err(kube::Error::Api(s)) => Ok(Err(Refused {
+                        code: s.code,
+                        reason: s.reason,
+                        message: s.message,
+                    })),
+                    Err(err) => Err(anyhow!(err).context(format!("patching Node {node}"))),
+                }
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("the request thread panicked"))?
+    }
+
+    /// Kills node `i`'s tunnel process with SIGKILL: its TUN device, and the
+    /// routes through it, go at once.
+    pub fn kill_tunnel(&mut self, i: usize) {
+        if let Some(mut tunnel) = self.procs[i].tunnel.take() {
+            tunnel.kill();
+        }
+    }
+
+    /// Drops WireGuard's UDP between nodes `a` and `b`, both ways (nftables
+    /// in each node's namespace, in a table of the lab's own): as a firewall
+    /// between two nodes would.
+    ///
+    /// # Errors
+    /// When nft fails.
+    pub fn block_wireguard(&self, a: usize, b: usize) -> Result<()> {
+        for (me, other) in [(a, b), (b, a)] {
+            let ns = &self.network.nodes[me].ns;
+            let mut script = "add table inet wslab_block; \
+                 add chain inet wslab_block input { type filter hook input priority 0; }; "
+                .to_owned();
+            for peer in self.network.nodes[other].addresses() {
+                let match_family = if peer.is_ipv4() { "ip" } else { "ip6" };
+                script.push_str(&format!(
+                    "add rule inet wslab_block input {match_family} saddr {peer} udp dport {WIREGUARD_PORT} drop; "
+                ));
+            }
+            ns.exec("nft", &[&script])?;
+        }
+        Ok(())
+    }
+
     /// Stops node `i`'s tunnel process.
     pub fn stop_tunnel(&mut self, i: usize) {
         if let Some(mut tunnel) = self.procs[i].tunnel.take() {
@@ -304,6 +498,9 @@ impl Lab {
     /// The end of node `i`'s agent and tunnel logs, for failure messages.
     #[must_use]
     pub fn logs(&self, i: usize) -> String {
+        if let Some(pod) = &self.pods[i] {
+            return pod.log_tails(i, 25);
+        }
         let procs = &self.procs[i];
         let tail = |p: &Option<Proc>| {
             p.as_ref()
@@ -326,7 +523,38 @@ impl Lab {
                 proc.check_running()?;
             }
         }
+        for pod in self.pods.iter().flatten() {
+            pod.check_running()?;
+        }
         Ok(())
+    }
+
+    /// Node `i`'s agent state directory on the host (its status socket's): the
+    /// pod's hostPath when the agent runs in the DaemonSet's pod.
+    pub fn state_dir(&self, i: usize) -> String {
+        let dir = if self.pods.get(i).is_some_and(Option::is_some) {
+            self.node_dir(i).join("host/var/lib/wireseal")
+        } else {
+            self.node_dir(i).join("state")
+        };
+        dir.to_string_lossy().into_owned()
+    }
+
+    /// Polls `check` every 100 ms until it holds, for tests.
+    ///
+    /// # Panics
+    /// After `timeout`, naming `what`, with every node's log tails.
+    pub fn eventually(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check(self) {
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = (0..self.network.nodes.len())
+                    .map(|i| self.logs(i))
+                    .collect();
+                panic!("timed out waiting for: {what}\n{}", logs.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Node `i`'s agent status, read with `wireseal status --json` inside the node.
@@ -334,11 +562,8 @@ impl Lab {
     /// # Errors
     /// When the agent does not answer.
     pub fn status(&self, i: usize) -> Result<AgentStatus> {
-        let output = self.network.nodes[i].ns.exec(
-            &self.wireseal.to_string_lossy(),
-            &["status", "--json", "--status-addr", STATUS_ADDR],
-        )?;
-        serde_json::from_slice(&output.stdout).context("parsing wireseal status --json")
+        let stdout = self.run_status(i, &["--json"])?;
+        serde_json::from_slice(&stdout).context("parsing wireseal status --json")
     }
 
     /// `wireseal status` of node `i`, as a user sees it.
@@ -346,11 +571,51 @@ impl Lab {
     /// # Errors
     /// When the agent does not answer.
     pub fn status_text(&self, i: usize) -> Result<String> {
-        let output = self.network.nodes[i].ns.exec(
-            &self.wireseal.to_string_lossy(),
-            &["status", "--status-addr", STATUS_ADDR],
-        )?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        let stdout = self.run_status(i, &[])?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
+    }
+
+    /// `wireseal status ARGS` inside node `i`: its output when the agent
+    /// answered, whether or not every peer is encrypted yet (exit 0 or 1).
+    fn run_status(&self, i: usize, args: &[&str]) -> Result<Vec<u8>> {
+        let output = self.network.nodes[i]
+            .ns
+            .command(&self.wireseal.to_string_lossy())
+            .args(["status", "--state-dir", &self.state_dir(i)])
+            .args(args)
+            .output()
+            .with_context(|| format!("running wireseal status on node-{i}"))?;
+        match output.status.code() {
+            Some(0 | 1) => Ok(output.stdout),
+            _ => bail!(
+                "wireseal status on node-{i} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        }
+    }
+
+    /// `wireseal verify --no-cluster --json ARGS` inside node `i`: its exit
+    /// code and its report.
+    ///
+    /// # Errors
+    /// When it cannot run or prints no report.
+    pub fn verify_local(&self, i: usize, args: &[&str]) -> Result<(i32, serde_json::Value)> {
+        let output = self.network.nodes[i]
+            .ns
+            .command(&self.wireseal.to_string_lossy())
+            .args(["verify", "--no-cluster", "--json", "--interface", INTERFACE])
+            .args(["--state-dir", &self.state_dir(i)])
+            .args(args)
+            .output()
+            .with_context(|| format!("running wireseal verify on node-{i}"))?;
+        let report = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "wireseal verify on node-{i} printed no report: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        })?;
+        Ok((output.status.code().unwrap_or(-1), report))
     }
 
     /// Runs `wireseal cleanup` on node `i` (after its agent is stopped).
@@ -421,6 +686,87 @@ impl Lab {
         }
     }
 
+    /// What crossed the underlay while `traffic` ran (a capture on every
+    /// port of the bridge, in this lab's directory).
+    ///
+    /// # Errors
+    /// When tcpdump cannot run or its capture cannot be read.
+    pub fn capture_while(&self, traffic: impl FnOnce()) -> Result<CaptureReport> {
+        let capture = self.start_capture()?;
+        traffic();
+        self.finish_capture(capture)
+    }
+
+    /// Starts capturing on every port of the underlay bridge, into a new
+    /// file in this lab's directory; [`Lab::finish_capture`] reads it.
+    ///
+    /// # Errors
+    /// When tcpdump cannot run.
+    pub fn start_capture(&self) -> Result<Capture> {
+        static CAPTURES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let file = self.dir.join(format!(
+            "capture-{}.pcap",
+            CAPTURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        Capture::start(&self.network.underlay, "any", &file)
+    }
+
+    /// Stops `capture` and classifies what crossed the underlay.
+    ///
+    /// # Errors
+    /// When the capture cannot be read.
+    pub fn finish_capture(&self, capture: Capture) -> Result<CaptureReport> {
+        capture.finish(self.apiserver_ip(), WIREGUARD_PORT)
+    }
+
+    /// Three canary pings, in every family of the lab, from the first pod
+    /// of each `from` node to the first pod of its `to` node, while
+    /// capturing the underlay.
+    ///
+    /// # Errors
+    /// When ping or tcpdump cannot run.
+    pub fn capture_pings(&self, pairs: &[(usize, usize)]) -> Result<CaptureReport> {
+        let mut pinged = Ok(());
+        let report = self.capture_while(|| {
+            pinged = self.network.stack.families().iter().try_for_each(|family| {
+                pairs.iter().try_for_each(|(from, to)| {
+                    traffic::ping_family(
+                        &self.network,
+                        *family,
+                        (*from, 0),
+                        (*to, 0),
+                        3,
+                        Duration::from_millis(20),
+                    )
+                    .map(|_| ())
+                })
+            });
+        })?;
+        pinged?;
+        Ok(report)
+    }
+
+    /// The connectivity and on-the-wire proofs: every pod reaches every pod
+    /// on the other nodes, and canary pings between the first pods of
+    /// `pairs` cross the underlay only as WireGuard; the capture's report.
+    ///
+    /// # Errors
+    /// Naming the pairs that failed, or what crossed in clear.
+    pub fn prove_sealed(&self, pairs: &[(usize, usize)]) -> Result<CaptureReport> {
+        let failed = traffic::all_pairs(&self.network, 2)?;
+        if !failed.is_empty() {
+            bail!("pod pairs without connectivity: {failed:?}");
+        }
+        let sealed = self.capture_pings(pairs)?;
+        if !sealed.encrypted() {
+            bail!(
+                "pod traffic not sealed: {sealed}; plaintext: {:?}",
+                sealed.plaintext
+            );
+        }
+        Ok(sealed)
+    }
+
     /// Waits until every agent peers with every other node and every peer has
     /// a handshake (traffic is sent between all pods meanwhile to start them).
     ///
@@ -459,6 +805,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // Containers go at once (`docker rm --force`): nothing is measured any more.
+        self.pods.iter_mut().for_each(|pod| drop(pod.take()));
         for procs in &mut self.procs {
             if let Some(mut agent) = procs.agent.take() {
                 agent.stop(Duration::from_secs(3));
@@ -474,9 +822,54 @@ impl Drop for Lab {
     }
 }
 
-/// The Node object of lab node `name`.
+/// An API server's refusal of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// HTTP status code.
+    pub code: u16,
+    /// The `Status` reason, e.g. `Forbidden`.
+    pub reason: String,
+    /// The `Status` message.
+    pub message: String,
+}
+
+/// The kubeconfig of one identity in the lab's directory.
+#[must_use]
+pub fn kubeconfig_path(dir: &Path, who: &Identity) -> PathBuf {
+    dir.join(format!("kubeconfig.{}", who.token()))
+}
+
+/// The Node object of lab node `name` in an IPv4 lab.
 #[must_use]
 pub fn node_object(name: &str, index: usize, ip: &str) -> Node {
+    node_object_with(name, &[ip.to_owned()], vec![topology::pod_cidr(index)])
+}
+
+/// The Node object of `node` in a lab of `stack`: an InternalIP and a pod
+/// CIDR of each family, the primary first, as the kubelet and the node IPAM
+/// controller write them on a dual-stack cluster.
+#[must_use]
+pub fn lab_node_object(node: &LabNode, stack: Stack) -> Node {
+    let addresses: Vec<String> = node.addresses().iter().map(ToString::to_string).collect();
+    node_object_with(
+        &node.name,
+        &addresses,
+        topology::pod_cidrs(stack, node.index),
+    )
+}
+
+fn node_object_with(name: &str, addresses: &[String], pod_cidrs: Vec<String>) -> Node {
+    let mut node_addresses: Vec<NodeAddress> = addresses
+        .iter()
+        .map(|address| NodeAddress {
+            type_: "InternalIP".into(),
+            address: address.clone(),
+        })
+        .collect();
+    node_addresses.push(NodeAddress {
+        type_: "Hostname".into(),
+        address: name.to_owned(),
+    });
     Node {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -484,21 +877,12 @@ pub fn node_object(name: &str, index: usize, ip: &str) -> Node {
             ..ObjectMeta::default()
         },
         spec: Some(NodeSpec {
-            pod_cidr: Some(topology::pod_cidr(index)),
-            pod_cidrs: Some(vec![topology::pod_cidr(index)]),
+            pod_cidr: pod_cidrs.first().cloned(),
+            pod_cidrs: Some(pod_cidrs),
             ..NodeSpec::default()
         }),
         status: Some(NodeStatus {
-            addresses: Some(vec![
-                NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: ip.to_owned(),
-                },
-                NodeAddress {
-                    type_: "Hostname".into(),
-                    address: name.to_owned(),
-                },
-            ]),
+            addresses: Some(node_addresses),
             ..NodeStatus::default()
         }),
     }
@@ -528,11 +912,16 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()
     Ok(())
 }
 
-/// What a lab with `prefix` left behind: its namespaces and its processes
-/// still alive. Empty after a clean teardown.
+/// What a lab with `prefix` left behind: its namespaces, its processes
+/// still alive and its containers. Empty after a clean teardown.
 #[must_use]
 pub fn leftovers(prefix: &str) -> Vec<String> {
     let mut left = netns::list_with_prefix(&format!("{prefix}-"));
+    left.extend(
+        docker::labelled(Some(prefix))
+            .into_iter()
+            .map(|name| format!("container {name}")),
+    );
     left.extend(
         registry::live_pids()
             .into_iter()
@@ -541,16 +930,18 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
     left
 }
 
-/// Deletes namespaces left by earlier runs (a crash, a `kill -9`).
+/// Removes the containers and deletes the namespaces left by earlier runs (a
+/// crash, a `kill -9`); how many of each.
 ///
 /// # Errors
 /// When `ip netns del` fails.
-pub fn cleanup_leftovers() -> Result<usize> {
+pub fn cleanup_leftovers() -> Result<(usize, usize)> {
+    let containers = docker::remove_labelled();
     let names = netns::list_with_prefix(PREFIX);
     for name in &names {
         netns::ip(&["netns", "del", name])?;
     }
-    Ok(names.len())
+    Ok((names.len(), containers))
 }
 
 /// A failed `wireseal cleanup` as an error naming the node and its stderr.

@@ -5,10 +5,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use wireseal_lab::capture::Capture;
-use wireseal_lab::topology::APISERVER_IP;
-use wireseal_lab::{Lab, LabConfig, WIREGUARD_PORT, traffic};
+use clap::{Parser, Subcommand, ValueEnum};
+use wireseal_lab::topology::Stack;
+use wireseal_lab::{Lab, LabConfig, Runtime, traffic};
 
 /// A local multi-node wireseal cluster on this machine (root, network namespaces).
 #[derive(Debug, Parser)]
@@ -31,9 +30,73 @@ enum Command {
         /// Seconds of the throughput check.
         #[arg(long, default_value_t = 3)]
         seconds: u32,
+        /// Run wireseal as the DaemonSet's pod (its containers, from the image
+        /// built by deploy/image/build-offline.sh from these binaries, with the
+        /// manifest's settings) instead of as processes. Needs docker.
+        #[arg(long)]
+        containers: bool,
+        /// Address families of the underlay, Nodes and pods (processes only).
+        #[arg(long, value_enum, default_value_t = StackArg::V4)]
+        stack: StackArg,
     },
-    /// Delete namespaces left behind by an interrupted lab.
+    /// Count the Node writes the agents make at steady state (the mesh up,
+    /// pod traffic in bursts further apart than a session lives), as writes
+    /// per node per hour.
+    Writes {
+        /// Nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Minutes to count.
+        #[arg(long, default_value_t = 20)]
+        minutes: u64,
+        /// Seconds between pod traffic bursts.
+        #[arg(long, default_value_t = 300)]
+        burst_every: u64,
+        /// Every agent's persistent keepalive, seconds (0: none).
+        #[arg(long, default_value_t = 0)]
+        keepalive: u16,
+    },
+    /// Rotate one node's key (`wireseal keys rotate`) again and again while a
+    /// pod on another node pings a pod on it every 10 ms; print lost replies
+    /// and the longest gap per rotation, and the runs as JSON.
+    Rotation {
+        /// Rotations.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Seconds between announcing the next key and switching to it.
+        #[arg(long, default_value_t = 6)]
+        lead: u64,
+        /// Write the runs as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Build the lab's image (deploy/image/build-offline.sh, from the binaries
+    /// beside this one) unless it is up to date, as `demo --containers` and
+    /// the tests do before they start.
+    Image,
+    /// Delete namespaces and remove containers left behind by an interrupted lab.
     Cleanup,
+}
+
+/// `--stack`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StackArg {
+    /// IPv4 only.
+    V4,
+    /// IPv4 and IPv6 (IPv4 first).
+    Dual,
+    /// IPv6 only.
+    V6,
+}
+
+impl From<StackArg> for Stack {
+    fn from(arg: StackArg) -> Self {
+        match arg {
+            StackArg::V4 => Self::V4,
+            StackArg::Dual => Self::Dual,
+            StackArg::V6 => Self::V6,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -50,10 +113,33 @@ fn main() -> ExitCode {
             nodes,
             pods,
             seconds,
-        } => demo(LabConfig { nodes, pods }, seconds),
-        Command::Cleanup => {
-            wireseal_lab::cleanup_leftovers().map(|n| println!("removed {n} namespace(s)"))
-        }
+            containers,
+            stack,
+        } => demo(
+            LabConfig {
+                nodes,
+                pods,
+                runtime: if containers {
+                    Runtime::Containers
+                } else {
+                    Runtime::Processes
+                },
+                stack: stack.into(),
+                ..LabConfig::default()
+            },
+            seconds,
+        ),
+        Command::Writes {
+            nodes,
+            minutes,
+            burst_every,
+            keepalive,
+        } => writes(nodes, minutes, burst_every, keepalive),
+        Command::Rotation { rounds, lead, json } => rotation(rounds, lead, json.as_deref()),
+        Command::Image => image(),
+        Command::Cleanup => wireseal_lab::cleanup_leftovers().map(|(namespaces, containers)| {
+            println!("removed {namespaces} namespace(s) and {containers} container(s)");
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,6 +150,81 @@ fn main() -> ExitCode {
     }
 }
 
+fn writes(nodes: usize, minutes: u64, burst_every: u64, keepalive: u16) -> Result<()> {
+    install_interrupt_cleanup();
+    let mut lab = Lab::up(LabConfig {
+        nodes,
+        pods: 1,
+        ..LabConfig::default()
+    })?;
+    lab.set_agent_args(&["--persistent-keepalive", &keepalive.to_string()]);
+    lab.start_wireseal()?;
+    lab.wait_encrypted(Duration::from_secs(60))?;
+    let keepalives = lab
+        .network
+        .nodes
+        .iter()
+        .map(|node| (node.name.clone(), keepalive))
+        .collect();
+    println!(
+        "counting Node writes for {minutes} min, {nodes} nodes, keepalive {keepalive} s, pod traffic every {burst_every} s"
+    );
+    let report = lab.measure_steady_writes(
+        Duration::from_secs(minutes * 60),
+        Duration::from_secs(burst_every),
+        keepalives,
+        |_| {},
+    )?;
+    print!("{report}");
+    Ok(())
+}
+
+fn rotation(rounds: u32, lead: u64, json: Option<&std::path::Path>) -> Result<()> {
+    install_interrupt_cleanup();
+    let mut lab = Lab::up(LabConfig {
+        nodes: 2,
+        pods: 1,
+        ..LabConfig::default()
+    })?;
+    lab.set_agent_args(&["--key-rotation-lead", &lead.to_string()]);
+    lab.start_wireseal()?;
+    lab.wait_encrypted(Duration::from_secs(60))?;
+    println!(
+        "rotating node-1's key {rounds} times under a 10 ms ping from node-0's pod (lead {lead} s)"
+    );
+    let baseline = wireseal_lab::rotation::baseline_gap(&lab, 0, 1, Duration::from_secs(10))?;
+    println!("   without a rotation, 10 s: longest gap {baseline:.1} ms");
+    let mut runs = Vec::new();
+    for round in 1..=rounds {
+        let run = wireseal_lab::rotation::rotate_under_ping(
+            &mut lab,
+            0,
+            1,
+            Duration::from_secs(lead * 3 + 30),
+            Duration::from_secs(2),
+        )?;
+        println!("   {round}: {run}");
+        runs.push(run);
+        lab.wait_encrypted(Duration::from_secs(60))?;
+    }
+    let lost: u32 = runs.iter().map(|r| r.lost).sum();
+    let worst = runs.iter().map(|r| r.max_gap_ms).fold(0.0, f64::max);
+    println!("   total: {lost} replies lost in {rounds} rotations; longest gap {worst:.1} ms");
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&runs).context("encoding the runs")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn image() -> Result<()> {
+    let wireseal = wireseal_lab::process::locate("wireseal")?;
+    let bin_dir = wireseal.parent().context("wireseal has no directory")?;
+    let tag = wireseal_lab::image::ensure(bin_dir)?;
+    println!("{tag}");
+    Ok(())
+}
+
 fn demo(config: LabConfig, seconds: u32) -> Result<()> {
     install_interrupt_cleanup();
     let started = Instant::now();
@@ -72,9 +233,14 @@ fn demo(config: LabConfig, seconds: u32) -> Result<()> {
         config.nodes, config.pods
     );
     let mut lab = Lab::up(config)?;
-    println!(
-        "   network up: underlay 198.18.0.0/24, pod CIDRs 10.244.<node>.0/24, the CNI's host-gw routes installed"
-    );
+    let networks = match config.stack {
+        Stack::V4 => "underlay 198.18.0.0/24, pod CIDRs 10.244.<node>.0/24",
+        Stack::Dual => {
+            "underlay 198.18.0.0/24 and fd00:198:18::/64, pod CIDRs 10.244.<node>.0/24 and fd00:10:244:<node>::/64"
+        }
+        Stack::V6 => "underlay fd00:198:18::/64, pod CIDRs fd00:10:244:<node>::/64",
+    };
+    println!("   network up: {networks}, the CNI's host-gw routes installed");
 
     println!("\n== 1. without wireseal: the CNI's plain routes");
     let failed = traffic::all_pairs(&lab.network, 1)?;
@@ -90,7 +256,14 @@ fn demo(config: LabConfig, seconds: u32) -> Result<()> {
         }
     );
 
-    println!("\n== 2. wireseal up: tunnel + agent per node");
+    if config.runtime == Runtime::Containers {
+        println!(
+            "\n== 2. wireseal up: the DaemonSet's pod per node (containers agent + tunnel, image {})",
+            lab.image()?
+        );
+    } else {
+        println!("\n== 2. wireseal up: tunnel + agent per node");
+    }
     let up = Instant::now();
     lab.start_wireseal()?;
     lab.wait_encrypted(Duration::from_secs(60))?;
@@ -104,10 +277,23 @@ fn demo(config: LabConfig, seconds: u32) -> Result<()> {
             println!("   {line}");
         }
     }
+    lab.wait_conditions_true(Duration::from_secs(30))?;
+    println!(
+        "\n   $ kubectl get nodes -o custom-columns='NAME:.metadata.name,ENCRYPTED:.status.conditions[?(@.type==\"WiresealEncrypted\")].status,WHY:.status.conditions[?(@.type==\"WiresealEncrypted\")].message'"
+    );
+    println!("   {:<12} {:<10} WHY", "NAME", "ENCRYPTED");
+    for (i, node) in lab.network.nodes.iter().enumerate() {
+        let (status, _, message) = lab.condition(i).unwrap_or_default();
+        println!("   {:<12} {status:<10} {message}", node.name);
+    }
 
     println!("\n== 3. pod-to-pod connectivity across nodes");
     let failed = traffic::all_pairs(&lab.network, 2)?;
-    let pairs = config.nodes * config.pods * (config.nodes - 1) * config.pods;
+    let pairs = config.nodes
+        * config.pods
+        * (config.nodes - 1)
+        * config.pods
+        * config.stack.families().len();
     println!("   {}/{pairs} pod pairs reachable", pairs - failed.len());
     anyhow::ensure!(failed.is_empty(), "pairs without connectivity: {failed:?}");
 
@@ -151,31 +337,16 @@ fn demo(config: LabConfig, seconds: u32) -> Result<()> {
     drop(lab);
     let left = wireseal_lab::leftovers(&prefix);
     anyhow::ensure!(left.is_empty(), "teardown left {left:?}");
-    println!("   torn down: no namespace, link or process left");
+    println!("   torn down: no namespace, link, process or container left");
     Ok(())
 }
 
 /// Sends canary pings from every node's first pod to the next node's while
 /// capturing on the underlay.
 fn capture_canary(lab: &Lab) -> Result<wireseal_lab::capture::CaptureReport> {
-    let file = lab.dir.join(format!(
-        "capture-{}.pcap",
-        Instant::now().elapsed().as_nanos()
-    ));
-    let capture = Capture::start(&lab.network.underlay, "any", &file)?;
     let nodes = lab.network.nodes.len();
-    for i in 0..nodes {
-        traffic::ping(
-            &lab.network,
-            (i, 0),
-            ((i + 1) % nodes, 0),
-            3,
-            Duration::from_millis(20),
-        )?;
-    }
-    capture
-        .finish(APISERVER_IP, WIREGUARD_PORT)
-        .context("analysing the capture")
+    let ring: Vec<(usize, usize)> = (0..nodes).map(|i| (i, (i + 1) % nodes)).collect();
+    lab.capture_pings(&ring).context("capturing canary pings")
 }
 
 /// Ctrl-C or SIGTERM: stop this run's processes and delete its namespaces,

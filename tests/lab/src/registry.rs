@@ -31,8 +31,8 @@ pub(crate) fn unregister_pid(pid: u32) {
     running().pids.remove(&pid);
 }
 
-/// Kills this run's processes and deletes its namespaces, for a signal
-/// handler that cannot wait for destructors.
+/// Kills this run's processes, removes its containers and deletes its
+/// namespaces, for a signal handler that cannot wait for destructors.
 pub fn emergency_teardown() {
     let (prefix, pids) = {
         let state = running();
@@ -47,6 +47,9 @@ pub fn emergency_teardown() {
         }
     }
     if let Some(prefix) = prefix {
+        for name in crate::docker::labelled(Some(&prefix)) {
+            let _ = crate::docker::docker(&["rm", "--force", "--volumes", &name]);
+        }
         for name in netns::list_with_prefix(&format!("{prefix}-")) {
             let _ = netns::ip(&["netns", "del", &name]);
         }

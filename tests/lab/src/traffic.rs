@@ -3,7 +3,7 @@
 //! counts losses, a TCP echo exchange carrying the canary, and iperf3.
 
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::capture::{CANARY, canary_hex};
 use crate::netns::Netns;
-use crate::topology::Network;
+use crate::topology::{Family, Network};
 
 /// A pod, by (node index, pod index).
 pub type PodRef = (usize, usize);
@@ -29,7 +29,7 @@ pub struct PingResult {
 }
 
 /// Pings `to` from `from` `count` times, `interval` apart, with the canary in
-/// the payload. Losses are reported, not errors.
+/// the payload, over the lab's first family. Losses are reported, not errors.
 ///
 /// # Errors
 /// When ping cannot run at all.
@@ -41,6 +41,36 @@ pub fn ping(
     interval: Duration,
 ) -> Result<PingResult> {
     Pinger::start(network, from, to, Some(count), interval)?.wait()
+}
+
+/// [`ping`] over `family` (ICMPv6 for IPv6).
+///
+/// # Errors
+/// When ping cannot run at all, or `to` has no address of `family`.
+pub fn ping_family(
+    network: &Network,
+    family: Family,
+    from: PodRef,
+    to: PodRef,
+    count: u32,
+    interval: Duration,
+) -> Result<PingResult> {
+    Pinger::start_family(network, family, from, to, Some(count), interval)?.wait()
+}
+
+/// Pod `to`'s address of `family`.
+///
+/// # Errors
+/// When it has none (a family the lab does not have).
+pub fn pod_address(network: &Network, family: Family, to: PodRef) -> Result<IpAddr> {
+    network.nodes[to.0].pods[to.1]
+        .address(family)
+        .with_context(|| {
+            format!(
+                "pod {to:?} has no {} address",
+                crate::topology::family_name(family)
+            )
+        })
 }
 
 /// Pings pod `to` from node `from`'s own network namespace (as kubelet, a
@@ -66,8 +96,9 @@ pub fn host_ping(
     .wait()
 }
 
-/// `ping` from namespace `src` to `dst`, with the canary in every payload.
-fn ping_command(src: &Netns, dst: Ipv4Addr, count: Option<u32>, interval: Duration) -> Command {
+/// `ping` from namespace `src` to `dst` (IPv4 or IPv6: ping picks by the
+/// address), with the canary in every payload.
+fn ping_command(src: &Netns, dst: IpAddr, count: Option<u32>, interval: Duration) -> Command {
     let mut command = src.command("ping");
     command.args(["-n", "-q", "-W", "1", "-p", &canary_hex()]);
     command.args(["-i", &format!("{:.3}", interval.as_secs_f64().max(0.002))]);
@@ -100,19 +131,29 @@ fn parse_ping(text: &str) -> Result<PingResult> {
     }
 }
 
-/// Pings every pod on every other node once per pair; returns the pairs that failed.
+/// Pings every pod on every other node, in every family of the lab, once
+/// per pair; returns the pairs (and families) that failed.
 ///
 /// # Errors
 /// When ping cannot run.
-pub fn all_pairs(network: &Network, count: u32) -> Result<Vec<(PodRef, PodRef)>> {
+pub fn all_pairs(network: &Network, count: u32) -> Result<Vec<(PodRef, PodRef, Family)>> {
     let mut failed = Vec::new();
-    for (i, node) in network.nodes.iter().enumerate() {
-        for j in 0..node.pods.len() {
-            for (k, other) in network.nodes.iter().enumerate().filter(|(k, _)| *k != i) {
-                for l in 0..other.pods.len() {
-                    let result = ping(network, (i, j), (k, l), count, Duration::from_millis(50))?;
-                    if result.received < result.sent {
-                        failed.push(((i, j), (k, l)));
+    for family in network.stack.families() {
+        for (i, node) in network.nodes.iter().enumerate() {
+            for j in 0..node.pods.len() {
+                for (k, other) in network.nodes.iter().enumerate().filter(|(k, _)| *k != i) {
+                    for l in 0..other.pods.len() {
+                        let result = ping_family(
+                            network,
+                            *family,
+                            (i, j),
+                            (k, l),
+                            count,
+                            Duration::from_millis(50),
+                        )?;
+                        if result.received < result.sent {
+                            failed.push(((i, j), (k, l), *family));
+                        }
                     }
                 }
             }
@@ -141,8 +182,23 @@ impl Pinger {
         count: Option<u32>,
         interval: Duration,
     ) -> Result<Self> {
+        Self::start_family(network, network.stack.primary(), from, to, count, interval)
+    }
+
+    /// [`Pinger::start`] over `family`.
+    ///
+    /// # Errors
+    /// When ping cannot start, or `to` has no address of `family`.
+    pub fn start_family(
+        network: &Network,
+        family: Family,
+        from: PodRef,
+        to: PodRef,
+        count: Option<u32>,
+        interval: Duration,
+    ) -> Result<Self> {
         let src = &network.nodes[from.0].pods[from.1].ns;
-        let dst = network.nodes[to.0].pods[to.1].ip;
+        let dst = pod_address(network, family, to)?;
         Self::spawn(ping_command(src, dst, count, interval))
     }
 

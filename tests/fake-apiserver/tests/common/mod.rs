@@ -109,3 +109,53 @@ pub fn is_node_watch(e: &AccessLogEntry) -> bool {
 pub fn count(h: &Handle, pred: impl Fn(&AccessLogEntry) -> bool) -> usize {
     h.access_log().iter().filter(|e| pred(e)).count()
 }
+
+/// A tokens file: an agent account bound to node-a, and an admin.
+pub const TOKENS: &str = "
+- token: agent-a
+  user:
+    username: system:serviceaccount:demo:agent
+    groups: [system:serviceaccounts, system:authenticated]
+    extra:
+      authentication.kubernetes.io/node-name: [node-a]
+- token: admin
+  user:
+    username: kubernetes-admin
+    groups: [system:masters, system:authenticated]
+";
+
+/// A policy for [`TOKENS`]' agent account: it may only write the Node its token names, and never
+/// delete one; a second validation without a reason answers 422.
+pub const ADMISSION_POLICY: &str = "
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: own-node}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: ['']
+        apiVersions: ['*']
+        operations: [CREATE, UPDATE, DELETE]
+        resources: [nodes, nodes/*]
+  matchConditions:
+    - name: agent
+      expression: request.userInfo.username == 'system:serviceaccount:demo:agent'
+  validations:
+    - expression: request.operation != 'DELETE'
+      reason: Forbidden
+      message: agents do not delete Nodes
+    - expression: >-
+        object.metadata.name in request.userInfo.extra['authentication.kubernetes.io/node-name']
+      reason: Forbidden
+      messageExpression: \"'only its own Node, not ' + object.metadata.name\"
+    - expression: >-
+        !has(object.metadata.labels) || !('bad' in object.metadata.labels)
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: own-node-binding}
+spec:
+  policyName: own-node
+  validationActions: [Deny]
+";
