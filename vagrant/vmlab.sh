@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Commands for the guests are single-quoted on purpose: they expand inside the VM.
 # shellcheck disable=SC2016
-# wireseal VM lab: proves the agent's kernel WireGuard datapath in three small qemu VMs.
+# wireseal VM lab: proves the agent's kernel datapaths (WireGuard, then IPsec) in
+# three small qemu VMs.
 #
 #   sudo vagrant/vmlab.sh [--no-install] [--bench [--rounds N] [--bench-out FILE]]
 #                         [--timeout SECONDS] [--keep-logs]
@@ -14,8 +15,9 @@
 # tests and a kubeconfig, and boots three VMs on a bridge inside a network namespace
 # created for the run, where the fake apiserver also runs. node-1 and node-2 form
 # the cluster; node-3 first runs the kernel tests (5,000 peers), then joins and
-# leaves it. The end-to-end assertions run against kernel WireGuard and end in a
-# PASS/FAIL summary; the exit status is non-zero on failure.
+# leaves it. The end-to-end assertions run against kernel WireGuard, then the
+# agents run again in IPsec mode (ESP) through the same kind of checks; all end
+# in a PASS/FAIL summary; the exit status is non-zero on failure.
 # Everything it starts is stopped at the end, on failure, on Ctrl-C and on timeout.
 #
 # See vagrant/README.md for the topology and the reasons behind it.
@@ -1011,18 +1013,164 @@ strict_mode() {
     for n in 1 2; do wait_for "$n" 60 "! wg show $WG_IFACE allowed-ips | grep -q '$(pod_cidr 3)'" || true; done
 }
 
-# The checks on a capture taken while pods talked through wireseal.
-wire_checks() { # wire_checks WHAT
-    local all ctl wg data icmp other_frames hits
+# xfrm_stat NODE: the kernel's XFRM error counters that are not zero.
+xfrm_stat() {
+    vm_exec "$1" 20 "awk '\$2 != 0' /proc/net/xfrm_stat" || true
+    echo "    node-$1 /proc/net/xfrm_stat (non-zero): ${OUT:-all zero}" | tr '\n' ' '
+    echo
+}
+
+# IPsec mode (--encryption ipsec) on node-1 and node-2, after the WireGuard
+# phases and their cleanup: ESP in tunnel mode between the node addresses,
+# keys derived per pair, then the same proofs as for kernel WireGuard.
+ipsec_mode() {
+    local n ok line hex
+    hex=$(canary_hex)
+    for n in "${ACTIVE[@]}"; do start_agent "$n" --encryption ipsec; done
+    expect_mesh "IPsec: agents up, $(mesh) on both" 120 || return 0
+    local link
+    for n in "${ACTIVE[@]}"; do
+        vm_exec "$n" 20 "ip -d link show $WG_IFACE" || true
+        link=$OUT
+        # The SAs' keys are secret even in a lab: printed redacted.
+        vm_exec "$n" 20 "wireseal status; ip xfrm state | sed -E 's/(aead [^ ]+) 0x[0-9a-f]+/\\1 <key>/'; ip xfrm policy" || true
+        echo "    \$ wireseal status; ip xfrm state; ip xfrm policy   # node-$n"
+        while IFS= read -r line; do printf '    %s\n' "$line"; done <<<"$OUT"
+        check "node-$n: IPsec: status, XFRM interface, 2 AES-GCM ESP SAs, 3 policies" \
+            "$(grep -o 'encryption [a-z]*' <<<"$OUT" | head -n1), $(grep -o 'xfrm if_id 0x[0-9a-f]*' <<<"$link"), $(grep -c 'proto esp spi' <<<"$OUT") SAs, $(grep -c 'dir ' <<<"$OUT") policies" \
+            test "$(grep -c 'encryption ipsec' <<<"$OUT")" -eq 1 -a "$(grep -c 'xfrm if_id 0xca76' <<<"$link")" -eq 1 \
+            -a "$(grep -c 'proto esp spi' <<<"$OUT")" -eq 2 -a "$(grep -c 'dir ' <<<"$OUT")" -eq 3 \
+            -a "$(grep -c 'aead rfc4106(gcm(aes)) <key>' <<<"$OUT")" -eq 2
+    done
+
+    start_capture ipsec
+    ok=1
+    pod_ping 1 2 5 -p "$hex" || ok=0
+    pod_ping 2 1 5 -p "$hex" || ok=0
+    vm_exec 1 60 "ping -n -q -c 3 -i 0.2 -W 2 -p $hex $(pod_ip 2)" || ok=0
+    stop_capture
+    check "IPsec: pod-to-pod both ways, host network to a pod" "5 pings each way, 3 from node-1's host" test "$ok" -eq 1
+    wire_checks "IPsec" esp
+
+    # Agent restarts under a 10/s ping: the SAs stay in the kernel and are
+    # adopted, sequence numbers and all (a re-installed SA would restart them
+    # and the peer's replay window would drop its packets).
+    bg_ping 1 2 ipsec-restart
+    stop_agent 1 TERM
+    stop_agent 2 KILL
+    start_agent 1 --encryption ipsec
+    start_agent 2 --encryption ipsec
+    wait_encrypted 60 || true
+    sleep 2
+    bg_ping_stop 1 ipsec-restart
+    ok=1
+    for n in "${ACTIVE[@]}"; do
+        vm_exec "$n" 20 "ip xfrm state | grep -c 'proto esp'" || true
+        [ "$OUT" = 2 ] || ok=0
+    done
+    check "IPsec: agent restart: no packet lost, SAs adopted" "$PING_LOST lost of $PING_SENT; 2 SAs on each node" \
+        test "$PING_LOST" -eq 0 -a "$PING_SENT" -gt 10 -a "$ok" -eq 1
+
+    # node-3 joins under a node-1 → node-2 ping, its pods talk to both over
+    # ESP, then it leaves: the others drop its SAs and policies.
+    bg_ping 1 2 ipsec-join
+    node_yaml 3 | kube create --validate=false -f - >/dev/null || die "kubectl create node-3 failed"
+    start_agent 3 --encryption ipsec
+    ACTIVE=(1 2 3)
+    expect_mesh "IPsec: node-3 joins: $(mesh) on all three" 180 || true
+    start_capture ipsec-join
+    ok=1
+    for n in 1 2; do pod_ping "$n" 3 3 -p "$hex" || ok=0; pod_ping 3 "$n" 3 -p "$hex" || ok=0; done
+    stop_capture
+    check "IPsec: pods on node-3 reach node-1 and node-2" "3 pings each way" test "$ok" -eq 1
+    wire_checks "IPsec, node-3's traffic" esp
+    bg_ping_stop 1 ipsec-join
+    check "IPsec: node-3 joins: node-1 → node-2 lost nothing" "$PING_LOST lost of $PING_SENT" \
+        test "$PING_LOST" -eq 0 -a "$PING_SENT" -gt 10
+    bg_ping 1 2 ipsec-leave
+    stop_agent 3 TERM
+    vm_exec 3 60 "wireseal cleanup" || true
+    kube delete node node-3 >/dev/null || die "kubectl delete node node-3 failed"
+    ACTIVE=(1 2)
+    ok=1
+    for n in 1 2; do
+        wait_for "$n" 60 "[ \"\$(ip xfrm state | grep -c 'proto esp spi')\" -eq 2 ] && [ \"\$(ip xfrm policy | grep -c 'dir ')\" -eq 3 ] && ! ip route show table $WG_TABLE | grep -q '$(pod_cidr 3)'" || ok=0
+    done
+    wait_encrypted 60 || ok=0
+    bg_ping_stop 1 ipsec-leave
+    check "IPsec: node-3 leaves: its SAs, policies and route removed" "node-1 and node-2 back to 2 SAs, 3 policies, $(mesh)" \
+        test "$ok" -eq 1
+    check "IPsec: node-3 leaves: node-1 → node-2 lost nothing" "$PING_LOST lost of $PING_SENT" \
+        test "$PING_LOST" -eq 0 -a "$PING_SENT" -gt 10
+
+    # Strict mode, and node-1's outbound SA deleted by hand under a canary
+    # ping: dropped, never in clear; the agent installs it again, starting
+    # past its reserved sequence numbers, and node-2 takes its packets.
+    for n in "${ACTIVE[@]}"; do
+        stop_agent "$n" TERM
+        start_agent "$n" --encryption ipsec --strict
+    done
+    expect_mesh "IPsec strict: $(mesh) with --strict" 120 || return 0
+    vm_must 2 20 'wireseal keys public --state-dir /var/lib/wireseal'
+    start_capture ipsec-sa-deleted
+    bg_ping 1 2 ipsec-sa
+    sleep 1
+    vm_must 1 20 "ip xfrm state list src $(node_ip 1) dst $(node_ip 2) | awk '/proto esp spi/ { print \$4 }'"
+    local spi=${OUT//[[:space:]]/}
+    vm_must 1 20 "ip xfrm state delete src $(node_ip 1) dst $(node_ip 2) proto esp spi $spi"
+    wait_for 1 60 "ip xfrm state list src $(node_ip 1) dst $(node_ip 2) | grep -q 'proto esp'" || true
+    sleep 3
+    bg_ping_stop 1 ipsec-sa
+    stop_capture
+    canary_check "IPsec, outbound SA deleted"
+    vm_exec 1 20 "ip xfrm state list src $(node_ip 1) dst $(node_ip 2) | grep -o 'oseq 0x[0-9a-f]*'" || true
+    local oseq
+    oseq=$(grep -o 'oseq 0x[0-9a-f]*' <<<"$OUT" | head -n1)
+    ok=1
+    pod_ping 1 2 3 || ok=0
+    check "IPsec: the deleted SA comes back past its reservation, node-2 accepts it" \
+        "SA $spi again, $oseq; $PING_LOST of $PING_SENT lost while it was gone" test "$ok" -eq 1
+    xfrm_stat 1
+    xfrm_stat 2
+
+    # wireseal cleanup removes the XFRM interface, SAs and policies.
+    for n in "${ACTIVE[@]}"; do
+        stop_agent "$n" TERM
+        vm_exec "$n" 60 "wireseal cleanup" || true
+        local cleanup_rc=$RC
+        vm_exec "$n" 20 "ip link show $WG_IFACE >/dev/null 2>&1 && echo link-left
+[ -n \"\$(ip xfrm state)\" ] && echo sas-left
+[ -n \"\$(ip xfrm policy)\" ] && echo policies-left
+ip rule | grep -q 'lookup $WG_TABLE' && echo rule-left
+true" || true
+        check "node-$n: IPsec cleanup" "rc $cleanup_rc; left: ${OUT:-nothing}" test "$cleanup_rc" -eq 0 -a -z "$OUT"
+    done
+    ok=1
+    pod_ping 1 2 3 || ok=0
+    pod_ping 2 1 3 || ok=0
+    check "after IPsec cleanup: pods reach each other over the CNI" "host-gw routes, plain" test "$ok" -eq 1
+}
+
+# The checks on a capture taken while pods talked through wireseal: between
+# the nodes only the agents' control plane and WireGuard messages (data
+# among them), or with `esp` as the second argument only ESP (IP protocol 50).
+wire_checks() { # wire_checks WHAT [esp]
+    local all ctl sealed data icmp other_frames hits name=WireGuard
     all=$(count_frames "$CAP" 'not arp')
     ctl=$(count_frames "$CAP" "$CTL_FILTER")
-    wg=$(count_frames "$CAP" "$WG_FILTER")
-    data=$(count_frames "$CAP" "udp and dst port $WG_PORT and udp[8] = 4")
+    if [ "${2:-}" = esp ]; then
+        name=ESP
+        sealed=$(count_frames "$CAP" 'ip proto 50')
+        data=$sealed
+    else
+        sealed=$(count_frames "$CAP" "$WG_FILTER")
+        data=$(count_frames "$CAP" "udp and dst port $WG_PORT and udp[8] = 4")
+    fi
     icmp=$(count_frames "$CAP" 'icmp')
     hits=$(canary_hits "$CAP")
-    other_frames=$((all - ctl - wg))
-    check "wire ($1): only WireGuard" \
-        "$wg WireGuard ($data data), $ctl control-plane TCP, $other_frames other, $icmp ICMP" \
+    other_frames=$((all - ctl - sealed))
+    check "wire ($1): only $name" \
+        "$sealed $name ($data data), $ctl control-plane TCP, $other_frames other, $icmp ICMP" \
         test "$other_frames" -eq 0 -a "$data" -gt 0 -a "$icmp" -eq 0
     check "wire ($1): canary never in clear" "$hits hits" test "$hits" -eq 0
 }
@@ -1234,6 +1382,9 @@ true" || true
     pod_ping 2 1 3 || ok=0
     check "after cleanup: pods reach each other over the CNI" "host-gw routes, plain" test "$ok" -eq 1
 
+    # 10. IPsec mode on the same two nodes.
+    ipsec_mode
+
     [ "$BENCH" -eq 1 ] && bench_rounds
 
     local total=$(($(date +%s) - T0))
@@ -1254,20 +1405,21 @@ true" || true
 # that each run the three in a rotated order, so that a slow phase of the host
 # (emulation feels everything else running) falls on all three alike. Ratios
 # are taken within a round; the report gives their median over the rounds.
-MODES=(plain kernel userspace)
+MODES=(plain kernel ipsec userspace)
 UDP_LEN=1300   # fits every datapath's MTU, so UDP compares like with like
 
 mode_up() { # mode_up MODE
-    local n
+    local n extra=()
     case $1 in
         plain) return 0 ;;
         kernel) DATAPATH=kernel ;;
+        ipsec) extra=(--encryption ipsec) ;;
         userspace)
             DATAPATH="userspace --spawn-tunnel /usr/bin/wireseal-tunnel"
             for n in 1 2; do vm_must "$n" 20 'modprobe tun && mkdir -p /var/run/wireguard'; done
             ;;
     esac
-    for n in 1 2; do start_agent "$n"; done
+    for n in 1 2; do start_agent "$n" "${extra[@]}"; done
     DATAPATH=auto
     wait_encrypted 120
 }
@@ -1350,6 +1502,10 @@ bench_report() {
     done
     printf '    %-22s %12s %12s %10s %10s\n' 'kernel / plain' "$(per_round kernel plain tcp_mbps | median)" \
         "$(per_round kernel plain udp_mbps | median)" '' "+$(per_round kernel plain rtt_ms diff | median)"
+    printf '    %-22s %12s %12s %10s %10s\n' 'ipsec / plain' "$(per_round ipsec plain tcp_mbps | median)" \
+        "$(per_round ipsec plain udp_mbps | median)" '' "+$(per_round ipsec plain rtt_ms diff | median)"
+    printf '    %-22s %12s %12s\n' 'ipsec / kernel' "$(per_round ipsec kernel tcp_mbps | median)" \
+        "$(per_round ipsec kernel udp_mbps | median)"
     printf '    %-22s %12s %12s %10s %10s\n' 'userspace / plain' "$(per_round userspace plain tcp_mbps | median)" \
         "$(per_round userspace plain udp_mbps | median)" '' "+$(per_round userspace plain rtt_ms diff | median)"
     printf '    %-22s %12s %12s\n' 'userspace / kernel' "$(per_round userspace kernel tcp_mbps | median)" \
@@ -1377,10 +1533,13 @@ bench_report() {
         done
         printf '\n  },\n  "median_ratio_within_round": {\n'
         printf '    "kernel_over_plain": {"tcp": %s, "udp": %s},\n' "$(per_round kernel plain tcp_mbps | median)" "$(per_round kernel plain udp_mbps | median)"
+        printf '    "ipsec_over_plain": {"tcp": %s, "udp": %s},\n' "$(per_round ipsec plain tcp_mbps | median)" "$(per_round ipsec plain udp_mbps | median)"
+        printf '    "ipsec_over_kernel": {"tcp": %s, "udp": %s},\n' "$(per_round ipsec kernel tcp_mbps | median)" "$(per_round ipsec kernel udp_mbps | median)"
         printf '    "userspace_over_plain": {"tcp": %s, "udp": %s},\n' "$(per_round userspace plain tcp_mbps | median)" "$(per_round userspace plain udp_mbps | median)"
         printf '    "userspace_over_kernel": {"tcp": %s, "udp": %s}\n  },\n' "$(per_round userspace kernel tcp_mbps | median)" "$(per_round userspace kernel udp_mbps | median)"
-        printf '  "median_added_rtt_ms_within_round": {"kernel": %s, "userspace": %s}\n}\n' \
-            "$(per_round kernel plain rtt_ms diff | median)" "$(per_round userspace plain rtt_ms diff | median)"
+        printf '  "median_added_rtt_ms_within_round": {"kernel": %s, "ipsec": %s, "userspace": %s}\n}\n' \
+            "$(per_round kernel plain rtt_ms diff | median)" "$(per_round ipsec plain rtt_ms diff | median)" \
+            "$(per_round userspace plain rtt_ms diff | median)"
     } >"$BENCH_OUT"
     say "bench samples and medians written to $BENCH_OUT"
 }

@@ -415,6 +415,28 @@ impl fmt::Display for DatapathKind {
     }
 }
 
+/// How a node encrypts pod traffic to its peers, as published in its status.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// WireGuard (kernel or userspace).
+    #[default]
+    WireGuard,
+    /// Kernel IPsec: ESP in tunnel mode over XFRM, keys derived per node pair.
+    Ipsec,
+}
+
+impl fmt::Display for Encryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::WireGuard => "wireguard",
+            Self::Ipsec => "ipsec",
+        })
+    }
+}
+
 /// The readable status a node's agent publishes in `wireseal.dev/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 // Unknown fields are ignored: during a rolling upgrade an older agent reads
@@ -425,6 +447,10 @@ pub struct NodeStatus {
     /// The datapath in use, once one is running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<DatapathKind>,
+    /// The encryption in use; absent from agents older than IPsec mode,
+    /// which all ran WireGuard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
     /// True when every expected peer has a working, encrypted tunnel.
     pub encryption_ready: bool,
     /// Peers expected (valid remote nodes).

@@ -522,10 +522,7 @@ pub fn gate_routes(
 }
 
 pub(super) fn endpoint_of(node: &NodeView, default_port: u16) -> Option<SocketAddr> {
-    node.endpoint.or_else(|| {
-        node.internal_ip()
-            .map(|ip| SocketAddr::new(ip, default_port))
-    })
+    node.endpoint_or(default_port)
 }
 
 mod host_source;

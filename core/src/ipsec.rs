@@ -77,6 +77,55 @@ pub fn inbound_spis<'a>(
     })
 }
 
+/// The epoch every pair's SAs are in. Rekeying by epochs (a receiver
+/// installs its next epoch's inbound SAs, publishes the epoch, senders
+/// follow) is not built yet: until it is, a pair's SAs change only when one
+/// of its keys does.
+pub const EPOCH: u32 = 0;
+
+/// This node's two SPIs with one peer: the one it receives on and the one
+/// it sends with (the peer's inbound SPI for this node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PairSpis {
+    /// The SPI of the SA from the peer to this node.
+    pub inbound: u32,
+    /// The SPI of the SA from this node to the peer.
+    pub outbound: u32,
+}
+
+/// The SPIs of this node (`own`, one of `nodes`) with every other node in
+/// `nodes` (every node with a published key, this one included), by the
+/// peer's key, in [`EPOCH`].
+///
+/// The outbound SPI is the peer's inbound assignment for this node, which
+/// depends on every sender of that peer: O(n²) hashes for n nodes, so the
+/// caller computes it again only when the set of nodes changes.
+#[must_use]
+pub fn pair_spis(own: &PublicKey, nodes: &[Sender<'_>]) -> BTreeMap<PublicKey, PairSpis> {
+    let Some(me) = nodes.iter().find(|node| node.key == own) else {
+        return BTreeMap::new();
+    };
+    let inbound = inbound_spis(own, EPOCH, nodes);
+    let mut out = BTreeMap::new();
+    for peer in nodes.iter().filter(|node| node.key != own) {
+        let Some(&spi_in) = inbound.get(peer.name) else {
+            continue;
+        };
+        let theirs = inbound_spis(peer.key, EPOCH, nodes);
+        let Some(&spi_out) = theirs.get(me.name) else {
+            continue;
+        };
+        out.insert(
+            *peer.key,
+            PairSpis {
+                inbound: spi_in,
+                outbound: spi_out,
+            },
+        );
+    }
+    out
+}
+
 /// The assignment itself, over any candidate function (tests force
 /// collisions through it).
 fn assign<'a>(

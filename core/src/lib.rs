@@ -21,7 +21,7 @@ pub mod plan;
 pub mod rotation;
 pub mod state;
 
-pub use annotation::{DatapathKind, NodeInputError, NodeStatus};
+pub use annotation::{DatapathKind, Encryption, NodeInputError, NodeStatus};
 pub use coverage::{Coverage, HANDSHAKE_FRESH, coverage};
 pub use desired::{
     Desired, MeshConfig, NoHostSource, NodeOutcome, PeerIssue, Strict, desired, gate_routes,

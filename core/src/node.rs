@@ -153,8 +153,17 @@ impl NodeView {
         view
     }
 
-    /// The address peers should use when no endpoint is published: the first
-    /// InternalIP, IPv4 preferred.
+    /// Where peers send to this node: its published endpoint, else its
+    /// InternalIP on `default_port`.
+    #[must_use]
+    pub fn endpoint_or(&self, default_port: u16) -> Option<SocketAddr> {
+        self.endpoint.or_else(|| {
+            self.internal_ip()
+                .map(|ip| SocketAddr::new(ip, default_port))
+        })
+    }
+
+    /// The first InternalIP, IPv4 preferred.
     #[must_use]
     pub fn internal_ip(&self) -> Option<IpAddr> {
         let internal = || {

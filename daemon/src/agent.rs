@@ -12,6 +12,7 @@ use kube::Api;
 use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
+use wireseal_core::Encryption;
 use wireseal_keymgr::{KeyOrigin, KeyStore};
 use wireseal_netlink::{Change, Monitor, Netlink, RoutingIds, is_link_local};
 
@@ -115,15 +116,28 @@ pub async fn run(config: Config) -> Result<()> {
         uapi_dir: config.uapi_dir.clone(),
         spawn: config.spawn_tunnel.clone(),
     };
-    let (datapath, reason) = any::select(config.datapath, &config.interface, &userspace).await?;
-    info!(datapath = %datapath.kind(), reason = %reason, memory = matches!(datapath, AnyDatapath::Memory(_)), "datapath chosen");
+    let (datapath, reason) = match (config.encryption, config.datapath) {
+        (Encryption::Ipsec, choice) if choice != DatapathChoice::Memory => {
+            any::select_ipsec(
+                &config.interface,
+                config.listen_port,
+                config.fwmark,
+                &config.state_dir,
+            )
+            .await?
+        }
+        (_, choice) => any::select(choice, &config.interface, &userspace).await?,
+    };
+    info!(datapath = %datapath.kind(), encryption = %config.encryption, reason = %reason, memory = matches!(datapath, AnyDatapath::Memory(_)), "datapath chosen");
     let leaks = match &datapath {
         AnyDatapath::Memory(_) => Leaks::disabled("not counted with the in-memory datapath"),
-        AnyDatapath::Kernel(_) | AnyDatapath::Userspace(_) => Leaks::for_tunnel(&config.interface),
+        AnyDatapath::Kernel(_) | AnyDatapath::Userspace(_) | AnyDatapath::Ipsec(_) => {
+            Leaks::for_tunnel(&config.interface)
+        }
     };
     let routing = match &datapath {
         AnyDatapath::Memory(node) => AnyRouting::Memory(node.clone()),
-        AnyDatapath::Kernel(_) | AnyDatapath::Userspace(_) => {
+        AnyDatapath::Kernel(_) | AnyDatapath::Userspace(_) | AnyDatapath::Ipsec(_) => {
             spawn_netlink_triggers(triggers_tx, [config.route_table, config.catch_all_table]);
             let netlink = Netlink::connect().context("opening rtnetlink")?;
             AnyRouting::Netlink(NetlinkRouting::new(netlink, ids, config.fwmark))

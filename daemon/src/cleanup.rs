@@ -24,8 +24,10 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::Pid;
 use wireseal_netlink::Netlink;
 use wireseal_netlink::nftables::{LEAK_TABLE, LeakCounter};
+use wireseal_netlink::xfrm::{Xfrm, XfrmError};
 
 use crate::cli::CleanupArgs;
+use crate::datapath::ipsec::IF_ID;
 
 /// Runs the cleanup.
 ///
@@ -93,12 +95,48 @@ pub async fn run(args: &CleanupArgs) -> Result<()> {
             .with_context(|| format!("removing link {}", args.interface))?;
         println!("removed link {}", args.interface);
     }
+    remove_ipsec().await?;
     remove_leak_counter(&args.interface).await?;
     println!("wireseal is off this node; the CNI's own routes carry pod traffic again");
     Ok(())
 }
 
 /// Deletes the leak counter's table; a kernel without `nftables` has none.
+/// IPsec mode's policies and SAs: those on wireseal's XFRM interface id,
+/// whoever else uses IPsec on the node. A kernel without XFRM's netlink
+/// has none.
+async fn remove_ipsec() -> Result<()> {
+    let xfrm = match Xfrm::connect() {
+        Ok(xfrm) => xfrm,
+        Err(XfrmError::Socket(_)) => return Ok(()),
+        Err(err) => return Err(err).context("opening the XFRM netlink socket"),
+    };
+    let policies = xfrm.policies().await.context("reading the XFRM policies")?;
+    let mut removed = 0;
+    for policy in policies.iter().filter(|p| p.if_id == Some(IF_ID)) {
+        if let Some(dir) = policy.dir {
+            xfrm.delete_policy(policy.src, policy.dst, dir, IF_ID)
+                .await
+                .context("removing an IPsec policy")?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        println!("removed {removed} IPsec policies");
+    }
+    let sas = xfrm.sas().await.context("reading the IPsec SAs")?;
+    let ours: Vec<_> = sas.iter().filter(|sa| sa.if_id == Some(IF_ID)).collect();
+    for sa in &ours {
+        xfrm.delete_sa(sa.src, sa.dst, sa.spi)
+            .await
+            .context("removing an IPsec SA")?;
+    }
+    if !ours.is_empty() {
+        println!("removed {} IPsec SAs", ours.len());
+    }
+    Ok(())
+}
+
 async fn remove_leak_counter(interface: &str) -> Result<()> {
     let removed = match LeakCounter::open(interface) {
         Ok(mut counter) => counter.remove().await,

@@ -172,6 +172,24 @@ pub enum DatapathChoice {
     Memory,
 }
 
+/// How pod traffic between nodes is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EncryptionChoice {
+    /// WireGuard, on the datapath `--datapath` picks.
+    Wireguard,
+    /// Kernel IPsec (XFRM/ESP).
+    Ipsec,
+}
+
+impl From<EncryptionChoice> for wireseal_core::Encryption {
+    fn from(choice: EncryptionChoice) -> Self {
+        match choice {
+            EncryptionChoice::Wireguard => Self::WireGuard,
+            EncryptionChoice::Ipsec => Self::Ipsec,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Name of this node's Node object. Defaults to `NODE_NAME`, which the
@@ -186,6 +204,13 @@ pub struct AgentArgs {
     /// WireGuard implementation.
     #[arg(long, value_enum, default_value_t = DatapathChoice::Auto, env = "WIRESEAL_DATAPATH")]
     pub datapath: DatapathChoice,
+
+    /// How pod traffic between nodes is encrypted: `wireguard`, or `ipsec`
+    /// (kernel ESP with AES-256-GCM, keys derived per node pair from the
+    /// nodes' published keys; kernel-only, never a fallback to plaintext).
+    /// Every node of a cluster must use the same one.
+    #[arg(long, value_enum, default_value_t = EncryptionChoice::Wireguard, env = "WIRESEAL_ENCRYPTION")]
+    pub encryption: EncryptionChoice,
 
     #[command(flatten)]
     pub state: StateArgs,

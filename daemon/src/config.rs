@@ -8,7 +8,7 @@ use std::str::FromStr;
 use ipnetwork::IpNetwork;
 use thiserror::Error;
 
-use crate::cli::{AgentArgs, DatapathChoice};
+use crate::cli::{AgentArgs, DatapathChoice, EncryptionChoice};
 
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const MAX_IFNAME_LEN: usize = 15;
@@ -46,6 +46,8 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// Datapath choice.
     pub datapath: DatapathChoice,
+    /// WireGuard or IPsec.
+    pub encryption: wireseal_core::Encryption,
     /// Directory of the private key.
     pub state_dir: PathBuf,
     /// Tunnel interface name.
@@ -207,6 +209,40 @@ impl Config {
                 "must be a table of its own: not the route table, nor 0, 253, 254 or 255",
             ));
         }
+        if args.encryption == EncryptionChoice::Ipsec {
+            // IPsec is the kernel's: no userspace fallback, so never plaintext
+            // because a module is missing.
+            if args.datapath == DatapathChoice::Userspace {
+                return Err(invalid(
+                    "datapath",
+                    "DATAPATH",
+                    "userspace",
+                    "IPsec mode runs on the kernel's XFRM/ESP only: use --datapath auto or \
+                     kernel with --encryption ipsec",
+                ));
+            }
+            // No ESP-in-UDP: nothing to keep a NAT mapping alive for.
+            if args.persistent_keepalive != 0 {
+                return Err(invalid(
+                    "persistent-keepalive",
+                    "PERSISTENT_KEEPALIVE",
+                    args.persistent_keepalive,
+                    "IPsec mode sends plain ESP between node addresses, with no NAT traversal; \
+                     nodes behind NAT need WireGuard. Leave it 0 with --encryption ipsec",
+                ));
+            }
+            // A switch of this node's X25519 key changes every pair's ESP
+            // keys and SPIs at once; the rotation protocol is WireGuard's.
+            if args.key_rotation_interval != 0 {
+                return Err(invalid(
+                    "key-rotation-interval",
+                    "KEY_ROTATION_INTERVAL",
+                    args.key_rotation_interval,
+                    "scheduled key rotation is not available in IPsec mode yet (its ESP keys \
+                     are derived from the node keys); leave it 0 with --encryption ipsec",
+                ));
+            }
+        }
         let cluster_cidrs = parse_cidrs("cluster-cidrs", "CLUSTER_CIDRS", &args.cluster_cidrs)?;
         for cidr in &cluster_cidrs {
             if cidr.prefix() == 0 {
@@ -231,6 +267,7 @@ impl Config {
             node_name,
             kubeconfig: args.kubeconfig.clone(),
             datapath: args.datapath,
+            encryption: args.encryption.into(),
             state_dir: args.state.state_dir.clone(),
             interface: args.interface.clone(),
             listen_port: args.listen_port,
@@ -546,11 +583,49 @@ mod tests {
                 "--endpoint (WIRESEAL_ENDPOINT)",
             ),
             (&["--node-name=a", "--endpoint=192.0.2.1:0"], "port 0"),
+            (
+                &[
+                    "--node-name=a",
+                    "--encryption=ipsec",
+                    "--datapath=userspace",
+                ],
+                "IPsec mode runs on the kernel's XFRM/ESP only",
+            ),
+            (
+                &[
+                    "--node-name=a",
+                    "--encryption=ipsec",
+                    "--key-rotation-interval=3600",
+                ],
+                "not available in IPsec mode",
+            ),
+            (
+                &[
+                    "--node-name=a",
+                    "--encryption=ipsec",
+                    "--persistent-keepalive=25",
+                ],
+                "no NAT traversal",
+            ),
         ];
         for (args, expected) in cases {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(expected), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn encryption_defaults_to_wireguard_and_takes_ipsec() {
+        let config = parse(&["--node-name=a"]).unwrap();
+        assert_eq!(config.encryption, wireseal_core::Encryption::WireGuard);
+        let config = parse(&["--node-name=a", "--encryption=ipsec"]).unwrap();
+        assert_eq!(config.encryption, wireseal_core::Encryption::Ipsec);
+        let err = Cli::try_parse_from(["wireseal", "agent", "--encryption", "rot13"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("possible values: wireguard, ipsec"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ struct FamilyLabel {
 struct InfoLabels {
     version: &'static str,
     datapath: String,
-    encryption: &'static str,
+    encryption: String,
     strict: &'static str,
 }
 
@@ -248,7 +248,7 @@ impl Metrics {
                 datapath: current
                     .datapath
                     .map_or_else(|| "none".to_owned(), |d| d.to_string()),
-                encryption: "wireguard",
+                encryption: current.encryption.to_string(),
                 strict: if current.strict { "true" } else { "false" },
             })
             .set(1);

@@ -263,6 +263,8 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         };
         self.datapath.ensure_link(&link).await?;
         self.routing.ensure_up(&self.config.interface).await?;
+        self.datapath
+            .set_nodes(&self.config.node_name, &public, &view.nodes);
         let device = self.datapath.observe().await?;
         // Read on every pass: the CNI adds its gateway address with the first
         // pod and may remove or change it at any time. Our link's copy of it
@@ -347,6 +349,13 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             Ok(()) => Vec::new(),
             Err(err) => err.failures.iter().map(ToString::to_string).collect(),
         };
+        // Only once the plan's own steps went through: what replaces a
+        // stray object must be in place before the stray goes.
+        if applied.is_ok()
+            && let Err(err) = self.datapath.remove_strays().await
+        {
+            failures.push(format!("removing stale datapath objects: {err}"));
+        }
         // Without it a rotation still works, at the cost of one handshake.
         if applied.is_ok()
             && let Err(err) = self.offer_alternate_key().await

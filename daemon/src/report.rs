@@ -14,7 +14,7 @@ use wireseal_core::NextKey;
 use wireseal_core::annotation::{self, NodeStatus};
 use wireseal_core::coverage::{Observed, PeerState};
 use wireseal_core::state::Family;
-use wireseal_core::{Coverage, DatapathKind, Desired, PeerStats, PublicKey, coverage};
+use wireseal_core::{Coverage, DatapathKind, Desired, Encryption, PeerStats, PublicKey, coverage};
 
 use crate::channels::{ClusterView, EncryptedCondition, Outputs, Problem};
 use crate::config::{Config, EndpointSetting};
@@ -208,6 +208,7 @@ impl Reporter {
             .collect();
         let own_status = NodeStatus {
             datapath: Some(datapath),
+            encryption: Some(config.encryption),
             encryption_ready: applied && coverage.complete(),
             peers_expected: u32::try_from(coverage.expected).unwrap_or(u32::MAX),
             peers_encrypted: u32::try_from(coverage.encrypted).unwrap_or(u32::MAX),
@@ -224,6 +225,7 @@ impl Reporter {
             applied,
             &coverage,
             datapath,
+            config.encryption,
             config.strict.is_some(),
         );
         // What every agent in the cluster receives: published only once it
@@ -246,6 +248,7 @@ impl Reporter {
         self.status.replace(AgentStatus {
             node: config.node_name.clone(),
             datapath: Some(datapath),
+            encryption: config.encryption,
             strict: config.strict.is_some(),
             public_key: Some(public_key),
             key_rotation: next_key.map(|next| KeyRotationStatus {
@@ -325,6 +328,7 @@ fn encrypted_condition(
     applied: bool,
     coverage: &Coverage,
     datapath: DatapathKind,
+    encryption: Encryption,
     strict: bool,
 ) -> EncryptedCondition {
     let reason: &str = if !synced {
@@ -340,9 +344,14 @@ fn encrypted_condition(
         status: reason == "AllPeersEncrypted",
         reason: reason.to_owned(),
         message: format!(
-            "{}/{} peers encrypted, datapath {datapath}{}",
+            "{}/{} peers encrypted, datapath {datapath}{}{}",
             coverage.encrypted,
             coverage.expected,
+            if encryption == Encryption::Ipsec {
+                ", ipsec"
+            } else {
+                ""
+            },
             if strict { ", strict" } else { "" }
         ),
     }

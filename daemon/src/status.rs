@@ -9,7 +9,9 @@ use std::time::UNIX_EPOCH;
 use crate::leaks::LeakStatus;
 use serde::{Deserialize, Serialize};
 use wireseal_core::coverage::PeerState;
-use wireseal_core::{Coverage, DatapathKind, Desired, NodeOutcome, PeerStats, PublicKey};
+use wireseal_core::{
+    Coverage, DatapathKind, Desired, Encryption, NodeOutcome, PeerStats, PublicKey,
+};
 
 /// What an older agent's status, without a state, meant.
 fn not_peered() -> PeerState {
@@ -100,6 +102,9 @@ pub struct AgentStatus {
     pub node: String,
     /// The datapath in use.
     pub datapath: Option<DatapathKind>,
+    /// WireGuard or IPsec.
+    #[serde(default)]
+    pub encryption: Encryption,
     /// True when the agent runs in strict mode.
     #[serde(default)]
     pub strict: bool,

@@ -186,8 +186,9 @@ fn render_raw(status: &AgentStatus, now: SystemTime) -> String {
         all.join(",")
     };
     out.push_str(&format!(
-        "node {}  datapath {datapath}  mtu {}  host src {sources}  key {key}\n",
+        "node {}  datapath {datapath}  encryption {}  mtu {}  host src {sources}  key {key}\n",
         printable(&status.node),
+        status.encryption,
         status.tunnel_mtu
     ));
     if let Some(rotation) = &status.key_rotation {

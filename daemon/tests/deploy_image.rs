@@ -388,6 +388,26 @@ fn kernel_idles_without_probing() {
     assert!(fakes.log().is_empty(), "{:?}", fakes.log());
 }
 
+#[test]
+fn ipsec_mode_idles_without_probing_even_where_the_kernel_lacks_wireguard() {
+    // IPsec mode is the kernel's alone: a userspace tunnel would own the
+    // agent's interface name for nothing.
+    let fakes = Fakes::new();
+    let status = idle_then_stop(
+        &fakes,
+        &[
+            IFACE,
+            ("WIRESEAL_ENCRYPTION", "ipsec"),
+            ("WIRESEAL_DATAPATH", "auto"),
+        ],
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(fakes.log().is_empty(), "{:?}", fakes.log());
+    let (status, stderr) = fakes.run(&[IFACE, ("WIRESEAL_ENCRYPTION", "rot13")]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("expected wireguard or ipsec"), "{stderr}");
+}
+
 /// Every shell script of the image, of its builds and of the Vagrant cluster
 /// passes shellcheck, and the Vagrantfile parses (nothing else runs the Vagrant
 /// cluster's scripts here).

@@ -9,6 +9,7 @@
 # always started would make every node userspace, even where the kernel has
 # WireGuard. So this script starts the tunnel only when the agent will want it:
 #
+#   WIRESEAL_ENCRYPTION=ipsec    stay idle: IPsec mode is the kernel's alone
 #   WIRESEAL_DATAPATH=userspace  start wireseal-tunnel
 #   WIRESEAL_DATAPATH=kernel     stay idle
 #   WIRESEAL_DATAPATH=auto       (default, as the agent's) ask the kernel the
@@ -29,6 +30,7 @@ set -eu
 
 me=wireseal-tunnel-entrypoint
 datapath="${WIRESEAL_DATAPATH:-auto}"
+encryption="${WIRESEAL_ENCRYPTION:-wireguard}"
 interface="${WIRESEAL_INTERFACE:?set it to the interface the agent uses (its --interface)}"
 # A scratch link name that never collides with the agent's interface.
 probe=wireseal-probe
@@ -41,7 +43,7 @@ if [ "${1:-}" = "--check" ]; then
 fi
 
 idle() {
-    echo "$me: $1; the agent uses kernel WireGuard, wireseal-tunnel is not started" >&2
+    echo "$me: $1; the agent uses the kernel's datapath, wireseal-tunnel is not started" >&2
     sleeper=
     trap 'if [ -n "$sleeper" ]; then kill "$sleeper" 2>/dev/null || true; fi; exit 0' TERM INT
     while :; do
@@ -55,6 +57,15 @@ start_tunnel() {
     echo "$me: $1; starting wireseal-tunnel for $interface" >&2
     exec wireseal-tunnel
 }
+
+case "$encryption" in
+    ipsec) idle "WIRESEAL_ENCRYPTION=ipsec" ;;
+    wireguard) ;;
+    *)
+        echo "$me: WIRESEAL_ENCRYPTION=$encryption: expected wireguard or ipsec" >&2
+        exit 1
+        ;;
+esac
 
 case "$datapath" in
     userspace) start_tunnel "WIRESEAL_DATAPATH=userspace" ;;

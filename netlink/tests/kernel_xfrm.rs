@@ -90,6 +90,7 @@ fn sa(from: &Node<'_>, to: &Node<'_>) -> (Sa, u32) {
             reqid: spi,
             if_id: IF_ID,
             replay_window: 128,
+            oseq: 0,
         },
         spi,
     )

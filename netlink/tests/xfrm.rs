@@ -104,6 +104,7 @@ fn a_kernel_without_esp_refuses_an_sa_with_a_clear_error() {
             reqid: 1,
             if_id: 0x51830,
             replay_window: 128,
+            oseq: 0,
         };
         let result = xfrm
             .add_sa(new_sa(&sa, &[7; AEAD_KEY_LEN], false).unwrap())

@@ -334,6 +334,7 @@ fn own_annotations_round_trip() {
     let key: PublicKey = KEY.parse().unwrap();
     let status = NodeStatus {
         datapath: Some(DatapathKind::Userspace),
+        encryption: Some(Encryption::Ipsec),
         encryption_ready: true,
         peers_expected: 2,
         peers_encrypted: 2,
@@ -347,7 +348,7 @@ fn own_annotations_round_trip() {
     assert_eq!(decode_status(&out[STATUS]).unwrap(), status);
     assert_eq!(
         out[STATUS],
-        r#"{"datapath":"userspace","encryptionReady":true,"peersExpected":2,"peersEncrypted":2}"#
+        r#"{"datapath":"userspace","encryption":"ipsec","encryptionReady":true,"peersExpected":2,"peersEncrypted":2}"#
     );
 }
 

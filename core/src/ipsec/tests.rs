@@ -104,3 +104,31 @@ fn reserved_values_are_skipped_and_the_receivers_own_key_is_left_out() {
     assert_eq!(got.len(), 1);
     assert_eq!(got["node-2"], 0x300);
 }
+
+#[test]
+fn each_end_sends_on_the_spi_the_other_receives_on() {
+    let keys: Vec<PublicKey> = (1..12).map(key).collect();
+    let names: Vec<String> = (1..12).map(|i| format!("node-{i}")).collect();
+    let nodes: Vec<Sender<'_>> = keys
+        .iter()
+        .zip(&names)
+        .map(|(key, name)| Sender {
+            name,
+            key,
+            created: Some(0),
+        })
+        .collect();
+    let all: Vec<BTreeMap<PublicKey, PairSpis>> =
+        keys.iter().map(|own| pair_spis(own, &nodes)).collect();
+    for (a, spis_a) in all.iter().enumerate() {
+        assert_eq!(spis_a.len(), keys.len() - 1);
+        assert!(!spis_a.contains_key(&keys[a]));
+        let inbound: BTreeSet<u32> = spis_a.values().map(|p| p.inbound).collect();
+        assert_eq!(inbound.len(), spis_a.len(), "a receiver's SPIs are unique");
+        for (b, spis_b) in all.iter().enumerate().filter(|(b, _)| *b != a) {
+            assert_eq!(spis_a[&keys[b]].outbound, spis_b[&keys[a]].inbound);
+        }
+    }
+    // A node that is not among the nodes has no pairs.
+    assert!(pair_spis(&key(99), &nodes).is_empty());
+}

@@ -8,12 +8,13 @@ use std::net::IpAddr;
 
 use tracing::info;
 use wireseal_core::{
-    DatapathKind, DeviceObservation, DevicePlan, LinkSpec, PeerConfig, PublicKey, Step,
+    DatapathKind, DeviceObservation, DevicePlan, LinkSpec, NodeView, PeerConfig, PublicKey, Step,
 };
 use wireseal_keymgr::PrivateKey;
 use wireseal_netlink::wireguard::WireGuard;
 use wireseal_netlink::{Error as NetlinkError, Netlink, WIREGUARD_KIND};
 
+use super::ipsec::IpsecDatapath;
 use super::kernel::KernelDatapath;
 use super::memory::MemoryNode;
 use super::netlink_routing::NetlinkRouting;
@@ -31,6 +32,8 @@ pub enum AnyDatapath {
     Kernel(KernelDatapath),
     /// The userspace process.
     Userspace(UserspaceDatapath),
+    /// Kernel IPsec (XFRM/ESP); boxed, it holds the node set's SPIs.
+    Ipsec(Box<IpsecDatapath>),
     /// In memory only.
     Memory(MemoryNode),
 }
@@ -51,6 +54,61 @@ pub struct UserspaceSettings {
     pub uapi_dir: PathBuf,
     /// Binary to start when no process answers.
     pub spawn: Option<PathBuf>,
+}
+
+/// The IPsec datapath: an XFRM interface `interface` (created here, so a
+/// kernel without XFRM interfaces is told at once, not at the first pass).
+/// Never falls back: without IPsec in the kernel the agent stops, and
+/// nothing is sent in clear. An existing link of another kind (a node that
+/// ran WireGuard mode) is refused: switching needs `wireseal cleanup` first.
+///
+/// # Errors
+/// When the kernel cannot carry IPsec mode, or the interface name is taken.
+pub async fn select_ipsec(
+    interface: &str,
+    listen_port: u16,
+    fwmark: u32,
+    state_dir: &std::path::Path,
+) -> Result<(AnyDatapath, String), DatapathError> {
+    let netlink = Netlink::connect()?;
+    let xfrm = wireseal_netlink::xfrm::Xfrm::connect()?;
+    let existing = netlink.link(interface).await?;
+    let reason = match existing.as_ref().map(|l| l.kind.as_deref()) {
+        Some(Some(wireseal_netlink::XFRM_KIND)) => {
+            format!("adopted the existing XFRM interface {interface}")
+        }
+        Some(kind) => {
+            return Err(DatapathError::Ipsec(format!(
+                "{interface} exists as a {} link: this node ran WireGuard mode; run `wireseal \
+                 cleanup` (or the cleanup DaemonSet) before switching it to IPsec, as \
+                 deploy/README.md describes",
+                kind.unwrap_or("kindless")
+            )));
+        }
+        None => {
+            netlink
+                .create_xfrm(interface, super::ipsec::IF_ID)
+                .await
+                .map_err(|err| {
+                    DatapathError::Ipsec(format!(
+                        "cannot create the XFRM interface {interface} ({err}): IPsec mode needs \
+                         the kernel's xfrm_interface, esp4/esp6 and gcm; nothing is sent in clear"
+                    ))
+                })?;
+            "created the XFRM interface".into()
+        }
+    };
+    Ok((
+        AnyDatapath::Ipsec(Box::new(IpsecDatapath::new(
+            netlink,
+            xfrm,
+            interface,
+            listen_port,
+            fwmark,
+            state_dir.to_path_buf(),
+        ))),
+        format!("--encryption ipsec: {reason}"),
+    ))
 }
 
 /// Picks the datapath. `auto` adopts whatever already runs (a `wireguard`
@@ -125,6 +183,7 @@ impl Datapath for AnyDatapath {
         match self {
             Self::Kernel(d) => d.kind(),
             Self::Userspace(d) => d.kind(),
+            Self::Ipsec(d) => d.kind(),
             Self::Memory(d) => d.kind(),
         }
     }
@@ -133,6 +192,7 @@ impl Datapath for AnyDatapath {
         match self {
             Self::Kernel(d) => d.ensure_link(link).await,
             Self::Userspace(d) => d.ensure_link(link).await,
+            Self::Ipsec(d) => d.ensure_link(link).await,
             Self::Memory(d) => d.ensure_link(link).await,
         }
     }
@@ -141,7 +201,21 @@ impl Datapath for AnyDatapath {
         match self {
             Self::Kernel(d) => d.observe().await,
             Self::Userspace(d) => d.observe().await,
+            Self::Ipsec(d) => d.observe().await,
             Self::Memory(d) => Datapath::observe(d).await,
+        }
+    }
+
+    fn set_nodes(&mut self, own: &str, own_key: &PublicKey, nodes: &BTreeMap<String, NodeView>) {
+        if let Self::Ipsec(d) = self {
+            d.set_nodes(own, own_key, nodes);
+        }
+    }
+
+    async fn remove_strays(&mut self) -> Result<usize, DatapathError> {
+        match self {
+            Self::Ipsec(d) => d.remove_strays().await,
+            Self::Kernel(_) | Self::Userspace(_) | Self::Memory(_) => Ok(0),
         }
     }
 
@@ -153,6 +227,7 @@ impl Datapath for AnyDatapath {
         match self {
             Self::Kernel(d) => d.request_handshake(peers, key).await,
             Self::Userspace(d) => d.request_handshake(peers, key).await,
+            Self::Ipsec(d) => d.request_handshake(peers, key).await,
             Self::Memory(d) => Datapath::request_handshake(d, peers, key).await,
         }
     }
@@ -160,7 +235,7 @@ impl Datapath for AnyDatapath {
     async fn set_alternate_key(&mut self, key: Option<&PrivateKey>) -> Result<(), DatapathError> {
         match self {
             Self::Userspace(d) => d.set_alternate_key(key).await,
-            Self::Kernel(_) | Self::Memory(_) => Ok(()),
+            Self::Kernel(_) | Self::Ipsec(_) | Self::Memory(_) => Ok(()),
         }
     }
 
@@ -168,6 +243,7 @@ impl Datapath for AnyDatapath {
         match self {
             Self::Kernel(d) => d.apply(plan, key).await,
             Self::Userspace(d) => d.apply(plan, key).await,
+            Self::Ipsec(d) => d.apply(plan, key).await,
             Self::Memory(d) => Datapath::apply(d, plan, key).await,
         }
     }

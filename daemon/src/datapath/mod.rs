@@ -4,6 +4,8 @@
 //! datapaths), and [`execute`], the one place a plan is carried out.
 
 pub mod any;
+pub mod ipsec;
+pub mod ipsec_seq;
 pub mod kernel;
 pub mod memory;
 pub mod netlink_routing;
@@ -17,8 +19,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 use wireseal_core::{
-    CatchAll, DatapathKind, DeviceObservation, DevicePlan, LinkSpec, PeerConfig, Plan, PublicKey,
-    RouteSpec, RuleSpec, Step,
+    CatchAll, DatapathKind, DeviceObservation, DevicePlan, LinkSpec, NodeView, PeerConfig, Plan,
+    PublicKey, RouteSpec, RuleSpec, Step,
 };
 use wireseal_keymgr::PrivateKey;
 use wireseal_netlink::wireguard::uapi::UapiError;
@@ -30,6 +32,12 @@ pub enum DatapathError {
     /// A netlink request failed; the error names the operation and object.
     #[error(transparent)]
     Netlink(#[from] wireseal_netlink::Error),
+    /// An XFRM request (IPsec mode) failed; the error names the operation.
+    #[error(transparent)]
+    Xfrm(#[from] wireseal_netlink::xfrm::XfrmError),
+    /// IPsec mode cannot program a peer (no SPI, no address, no key).
+    #[error("IPsec: {0}")]
+    Ipsec(String),
     /// The userspace datapath's socket could not be used.
     #[error("{what} over {}: {source}", socket.display())]
     UapiIo {
@@ -167,6 +175,20 @@ pub trait Datapath: Send {
 
     /// Reads the device back.
     fn observe(&mut self) -> impl Future<Output = Result<DeviceObservation, DatapathError>> + Send;
+
+    /// Hands the datapath every Node (`own` is this node's name, `own_key`
+    /// its key, which its Node may not show yet) before it observes: IPsec
+    /// mode derives its SPIs from the whole set. The default ignores them.
+    fn set_nodes(&mut self, _own: &str, _own_key: &PublicKey, _nodes: &BTreeMap<String, NodeView>) {
+    }
+
+    /// After a plan ran: removes what the datapath holds that no peer
+    /// explains (IPsec mode: the SAs and policies of a departed node or a
+    /// replaced key, kept until their successors were in place). Returns
+    /// how many objects went. The default has nothing to remove.
+    fn remove_strays(&mut self) -> impl Future<Output = Result<usize, DatapathError>> + Send {
+        async { Ok(0) }
+    }
 
     /// Asks for a handshake with these peers (their desired configuration
     /// given), which have none yet. Routes towards a peer wait for its first

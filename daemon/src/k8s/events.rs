@@ -203,6 +203,7 @@ mod tests {
             ),
             status: Some(wireseal_core::NodeStatus {
                 datapath: None,
+                encryption: None,
                 encryption_ready: true,
                 peers_expected: 0,
                 peers_encrypted: 0,

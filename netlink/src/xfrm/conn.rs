@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::{
     Direction, PolicyInfo, SaInfo, SaMessage, XFRM_MSG_DELPOLICY, XFRM_MSG_DELSA,
-    XFRM_MSG_NEWPOLICY, XfrmError, parse_policy, parse_sa,
+    XFRM_MSG_NEWPOLICY, XFRM_MSG_UPDPOLICY, XfrmError, parse_policy, parse_sa,
 };
 use crate::Errno;
 
@@ -194,6 +194,22 @@ impl Xfrm {
             Err(XfrmError::Kernel { errno, .. }) if errno.raw() == libc::EEXIST => Ok(()),
             other => other,
         }
+    }
+
+    /// Installs a policy, or replaces the one with the same selector,
+    /// direction and interface: how a pod CIDR moves to a peer's new SA
+    /// (its key changed) without a moment without a policy.
+    ///
+    /// # Errors
+    /// The kernel's refusal.
+    pub async fn update_policy(&self, policy: &super::Policy) -> Result<(), XfrmError> {
+        let payload = super::new_policy(policy)?;
+        let op = format!(
+            "installing the {:?} policy {} -> {}",
+            policy.dir, policy.src, policy.dst
+        );
+        self.write(&op, XFRM_MSG_UPDPOLICY, Zeroizing::new(payload))
+            .await
     }
 
     /// Deletes a policy; a missing one counts as deleted.

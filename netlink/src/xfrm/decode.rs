@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 
 use super::{
-    AF_INET, AF_INET6, Direction, USERPOLICY_INFO_LEN, USERSA_INFO_LEN, XFRMA_IF_ID, XFRMA_TMPL,
-    XfrmError,
+    AF_INET, AF_INET6, Direction, USERPOLICY_INFO_LEN, USERSA_INFO_LEN, XFRMA_IF_ID,
+    XFRMA_REPLAY_ESN_VAL, XFRMA_TMPL, XfrmError,
 };
 
 /// An SA as the kernel reports it. Its key is not read.
@@ -34,6 +34,9 @@ pub struct SaInfo {
     pub replay_errors: u32,
     /// Packets that failed authentication.
     pub integrity_errors: u32,
+    /// The last outbound sequence number used (extended sequence numbers),
+    /// when the SA has them.
+    pub oseq: Option<u64>,
 }
 
 /// A policy as the kernel reports it.
@@ -135,6 +138,10 @@ pub fn parse_sa(payload: &[u8]) -> Result<SaInfo, XfrmError> {
         integrity_errors: u32_at(payload, 200),
         reqid: u32_at(payload, 208),
         if_id: if_id(&attrs),
+        oseq: attrs
+            .iter()
+            .find(|(kind, value)| *kind == XFRMA_REPLAY_ESN_VAL && value.len() >= 16)
+            .map(|(_, value)| u64::from(u32_at(value, 12)) << 32 | u64::from(u32_at(value, 4))),
     })
 }
 

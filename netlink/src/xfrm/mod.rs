@@ -32,13 +32,16 @@ pub const XFRM_MSG_DELSA: u16 = 0x11;
 pub const XFRM_MSG_NEWPOLICY: u16 = 0x13;
 /// `XFRM_MSG_DELPOLICY`.
 pub const XFRM_MSG_DELPOLICY: u16 = 0x14;
+/// `XFRM_MSG_UPDPOLICY`: installs a policy, or replaces the one with the
+/// same selector, direction and interface.
+pub const XFRM_MSG_UPDPOLICY: u16 = 0x19;
 /// `XFRM_MSG_UPDSA`: replaces an SA with the same (daddr, SPI, proto).
 pub const XFRM_MSG_UPDSA: u16 = 0x1a;
 
 pub(crate) const XFRMA_TMPL: u16 = 5;
 const XFRMA_SRCADDR: u16 = 13;
 const XFRMA_ALG_AEAD: u16 = 18;
-const XFRMA_REPLAY_ESN_VAL: u16 = 23;
+pub(crate) const XFRMA_REPLAY_ESN_VAL: u16 = 23;
 pub(crate) const XFRMA_IF_ID: u16 = 31;
 
 const IPPROTO_ESP: u8 = 50;
@@ -91,6 +94,11 @@ pub struct Sa {
     pub if_id: u32,
     /// Anti-replay window, packets (with extended sequence numbers).
     pub replay_window: u32,
+    /// The outbound sequence number the SA starts from (its first packet
+    /// carries the next one): 0 for a new SA. AES-GCM's nonce is built from
+    /// it, so an SA installed again with the same key must start past every
+    /// number it sent before.
+    pub oseq: u64,
 }
 
 /// A policy: traffic from `src` to `dst` (inner addresses) in `dir` goes
@@ -290,7 +298,11 @@ pub fn new_sa(sa: &Sa, key: &[u8; AEAD_KEY_LEN], update: bool) -> Result<SaMessa
     // oseq_hi, seq_hi, replay_window } (the bitmap is the kernel's).
     let mut esn = Vec::with_capacity(24);
     esn.extend_from_slice(&sa.replay_window.div_ceil(32).to_ne_bytes());
-    esn.extend_from_slice(&[0; 16]);
+    let (oseq_hi, oseq) = split_seq(sa.oseq);
+    esn.extend_from_slice(&oseq.to_ne_bytes());
+    esn.extend_from_slice(&0u32.to_ne_bytes());
+    esn.extend_from_slice(&oseq_hi.to_ne_bytes());
+    esn.extend_from_slice(&0u32.to_ne_bytes());
     esn.extend_from_slice(&sa.replay_window.to_ne_bytes());
     put_attr(&mut out, XFRMA_REPLAY_ESN_VAL, &esn);
 
@@ -303,6 +315,13 @@ pub fn new_sa(sa: &Sa, key: &[u8; AEAD_KEY_LEN], update: bool) -> Result<SaMessa
         },
         payload: out,
     })
+}
+
+/// A 64-bit sequence number as ESN's (high, low) halves.
+fn split_seq(seq: u64) -> (u32, u32) {
+    let high = u32::try_from(seq >> 32).unwrap_or(u32::MAX);
+    let low = u32::try_from(seq & 0xffff_ffff).unwrap_or(u32::MAX);
+    (high, low)
 }
 
 /// `XFRM_MSG_DELSA` payload for the SA `spi` from `src` to `dst`.

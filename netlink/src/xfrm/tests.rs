@@ -76,6 +76,7 @@ fn sa() -> Sa {
         reqid: 1,
         if_id: IF_ID,
         replay_window: 128,
+        oseq: 0,
     }
 }
 
@@ -93,6 +94,42 @@ fn a_new_sa_is_what_ip_xfrm_sends() {
     assert!(
         !debug.contains("11, 17") && !debug.contains("0x11"),
         "{debug}"
+    );
+}
+
+#[test]
+fn an_sa_installed_again_starts_from_the_sequence_number_it_is_given() {
+    let again = Sa {
+        oseq: 0x0000_0002_8000_0005,
+        ..sa()
+    };
+    let payload = new_sa(&again, &[0x11; AEAD_KEY_LEN], false)
+        .unwrap()
+        .payload;
+    let fresh = new_sa(&sa(), &[0x11; AEAD_KEY_LEN], false).unwrap().payload;
+    // Only the ESN attribute's oseq and oseq_hi differ from ip xfrm's bytes.
+    let differ: Vec<usize> = (0..payload.len())
+        .filter(|at| payload[*at] != fresh[*at])
+        .collect();
+    let attr = USERSA_INFO_LEN
+        + payload[USERSA_INFO_LEN..]
+            .windows(4)
+            .position(|w| w == [28, 0, XFRMA_REPLAY_ESN_VAL as u8, 0])
+            .expect("the ESN attribute");
+    let value = attr + 4;
+    assert_eq!(
+        payload[value + 4..value + 8],
+        0x8000_0005u32.to_ne_bytes(),
+        "oseq"
+    );
+    assert_eq!(
+        payload[value + 12..value + 16],
+        2u32.to_ne_bytes(),
+        "oseq_hi"
+    );
+    assert!(
+        differ.iter().all(|at| (value + 4..value + 16).contains(at)),
+        "{differ:?}"
     );
 }
 
@@ -184,6 +221,7 @@ fn ipv6_sas_and_policies_are_what_ip_xfrm_sends() {
         reqid: 7,
         if_id: IF_ID,
         replay_window: 256,
+        oseq: 0,
     };
     let message = new_sa(&sa, &[0x22; AEAD_KEY_LEN], false).unwrap();
     assert_eq!(*message.payload, golden(NEW_SA_V6));
@@ -218,7 +256,17 @@ fn what_is_installed_reads_back_the_same() {
             packets: 0,
             replay_errors: 0,
             integrity_errors: 0,
+            oseq: Some(0),
         }
+    );
+    let again = Sa {
+        oseq: 0x0000_0002_8000_0005,
+        ..sa()
+    };
+    let message = new_sa(&again, &[0x11; AEAD_KEY_LEN], false).unwrap();
+    assert_eq!(
+        parse_sa(&message.payload).unwrap().oseq,
+        Some(0x0000_0002_8000_0005)
     );
     for golden_policy in [NEW_POLICY_OUT, NEW_POLICY_FWD_V6] {
         let read = parse_policy(&golden(golden_policy)).unwrap();
