@@ -32,6 +32,13 @@ pub const STATUS: &str = "wireseal.dev/status";
 pub const NEXT_PUBLIC_KEY: &str = "wireseal.dev/next-public-key";
 /// When the node switches to its next key: RFC 3339 in UTC, to the second.
 pub const KEY_SWITCH_AT: &str = "wireseal.dev/key-switch-at";
+/// IPsec mode: the node's key epoch, a decimal counter. The SAs towards a
+/// node are keyed by its epoch; it counts up with each rekey (see
+/// [`crate::ipsec`]).
+pub const IPSEC_EPOCH: &str = "wireseal.dev/ipsec-epoch";
+
+/// Longest accepted epoch (`u32::MAX` has 10 digits).
+const MAX_EPOCH_LEN: usize = 10;
 
 /// Longest accepted public-key value (a key is 44 characters).
 pub const MAX_KEY_LEN: usize = 64;
@@ -198,6 +205,9 @@ pub enum InputErrorKind {
         /// The annotation that is missing.
         missing: &'static str,
     },
+    /// An IPsec epoch that is not a decimal number up to 4294967295.
+    #[error("is not an epoch (a decimal number up to 4294967295)")]
+    EpochSyntax,
 }
 
 /// Shortens a value for quoting in errors: at most [`QUOTE_LEN`] characters,
@@ -493,6 +503,21 @@ pub fn decode_status(value: &str) -> Result<NodeStatus, InputErrorKind> {
     Ok(status)
 }
 
+/// Decodes `wireseal.dev/ipsec-epoch`: plain decimal digits only (no sign,
+/// no leading zeros beyond "0"), so that one number has one spelling.
+///
+/// # Errors
+/// Length, characters, or [`InputErrorKind::EpochSyntax`].
+pub fn decode_epoch(value: &str) -> Result<u32, InputErrorKind> {
+    let text = check_text(value, MAX_EPOCH_LEN)?;
+    let canonical =
+        text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
+    if !canonical {
+        return Err(InputErrorKind::EpochSyntax);
+    }
+    text.parse().map_err(|_| InputErrorKind::EpochSyntax)
+}
+
 /// Decodes `wireseal.dev/next-public-key` and `wireseal.dev/key-switch-at`
 /// together: both or neither.
 ///
@@ -540,9 +565,13 @@ pub fn encode_own(
     next: Option<&NextKey>,
     endpoint: Option<SocketAddr>,
     status: Option<&NodeStatus>,
+    ipsec_epoch: Option<u32>,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     out.insert(PUBLIC_KEY.to_owned(), key.to_base64());
+    if let Some(epoch) = ipsec_epoch {
+        out.insert(IPSEC_EPOCH.to_owned(), epoch.to_string());
+    }
     if let Some(next) = next {
         out.insert(NEXT_PUBLIC_KEY.to_owned(), next.key.to_base64());
         out.insert(KEY_SWITCH_AT.to_owned(), format_switch_at(next.switch_at));

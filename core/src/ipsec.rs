@@ -77,53 +77,42 @@ pub fn inbound_spis<'a>(
     })
 }
 
-/// The epoch every pair's SAs are in. Rekeying by epochs (a receiver
-/// installs its next epoch's inbound SAs, publishes the epoch, senders
-/// follow) is not built yet: until it is, a pair's SAs change only when one
-/// of its keys does.
-pub const EPOCH: u32 = 0;
-
-/// This node's two SPIs with one peer: the one it receives on and the one
-/// it sends with (the peer's inbound SPI for this node).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PairSpis {
-    /// The SPI of the SA from the peer to this node.
-    pub inbound: u32,
-    /// The SPI of the SA from this node to the peer.
-    pub outbound: u32,
+/// A receiver's epochs: the one its new SAs are in, and the one before it
+/// while its SAs are still kept (a rekey settling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Epochs {
+    /// The current epoch.
+    pub current: u32,
+    /// The previous epoch, while its inbound SAs are kept.
+    pub previous: Option<u32>,
 }
 
-/// The SPIs of this node (`own`, one of `nodes`) with every other node in
-/// `nodes` (every node with a published key, this one included), by the
-/// peer's key, in [`EPOCH`].
-///
-/// The outbound SPI is the peer's inbound assignment for this node, which
-/// depends on every sender of that peer: O(n²) hashes for n nodes, so the
-/// caller computes it again only when the set of nodes changes.
+/// The SPI every sender in `nodes` uses towards `receiver` in `epoch`, by
+/// the sender's key: [`inbound_spis`] keyed by key rather than name.
 #[must_use]
-pub fn pair_spis(own: &PublicKey, nodes: &[Sender<'_>]) -> BTreeMap<PublicKey, PairSpis> {
-    let Some(me) = nodes.iter().find(|node| node.key == own) else {
-        return BTreeMap::new();
-    };
-    let inbound = inbound_spis(own, EPOCH, nodes);
-    let mut out = BTreeMap::new();
-    for peer in nodes.iter().filter(|node| node.key != own) {
-        let Some(&spi_in) = inbound.get(peer.name) else {
-            continue;
-        };
-        let theirs = inbound_spis(peer.key, EPOCH, nodes);
-        let Some(&spi_out) = theirs.get(me.name) else {
-            continue;
-        };
-        out.insert(
-            *peer.key,
-            PairSpis {
-                inbound: spi_in,
-                outbound: spi_out,
-            },
-        );
-    }
-    out
+pub fn inbound_by_key(
+    receiver: &PublicKey,
+    epoch: u32,
+    nodes: &[Sender<'_>],
+) -> BTreeMap<PublicKey, u32> {
+    let by_name = inbound_spis(receiver, epoch, nodes);
+    nodes
+        .iter()
+        .filter_map(|node| Some((*node.key, *by_name.get(node.name)?)))
+        .collect()
+}
+
+/// The SPI `sender` (one of `nodes`, by name) uses towards `receiver` in
+/// the receiver's `epoch`: the receiver's assignment for it, which depends
+/// on every sender of the receiver, so O(n) hashes.
+#[must_use]
+pub fn outbound_spi(
+    sender: &str,
+    receiver: &PublicKey,
+    epoch: u32,
+    nodes: &[Sender<'_>],
+) -> Option<u32> {
+    inbound_spis(receiver, epoch, nodes).get(sender).copied()
 }
 
 /// The assignment itself, over any candidate function (tests force

@@ -88,6 +88,8 @@ pub struct NodeView {
     pub status: Option<NodeStatus>,
     /// The next key the node announced, with its switch time (a rotation).
     pub next_key: Option<NextKey>,
+    /// IPsec mode: the node's published key epoch.
+    pub ipsec_epoch: Option<u32>,
     /// Every bad input found on this Node.
     pub problems: Vec<NodeInputError>,
 }
@@ -119,6 +121,11 @@ impl NodeView {
             decode_endpoint,
         );
         view.status = view.decode(get(annotation::STATUS), annotation::STATUS, decode_status);
+        view.ipsec_epoch = view.decode(
+            get(annotation::IPSEC_EPOCH),
+            annotation::IPSEC_EPOCH,
+            annotation::decode_epoch,
+        );
         match decode_next_key(
             get(annotation::NEXT_PUBLIC_KEY),
             get(annotation::KEY_SWITCH_AT),

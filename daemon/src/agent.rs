@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::datapath::Datapath as _;
 use crate::datapath::any::{self, AnyDatapath, AnyRouting, UserspaceSettings};
 use crate::datapath::netlink_routing::NetlinkRouting;
+use crate::ipsec_epoch::EpochState;
 use crate::k8s;
 use crate::leaks::Leaks;
 use crate::lockdown;
@@ -148,16 +149,38 @@ pub async fn run(config: Config) -> Result<()> {
         config.key_rotation_interval,
         config.key_rotation_lead,
     );
-    Reconciler::new(
+    let epochs = match config.encryption {
+        Encryption::Ipsec => Some(ipsec_epochs(&config, key.public_key())?),
+        Encryption::WireGuard => None,
+    };
+    let mut reconciler = Reconciler::new(
         config, key, datapath, routing, view_rx, outputs_tx, status, timing,
     )
     .with_metrics(metrics)
     .with_leaks(leaks)
     .with_protected(api_server)
-    .with_rotation(rotation)
-    .run(triggers, shutdown)
-    .await;
+    .with_rotation(rotation);
+    if let Some(epochs) = epochs {
+        reconciler = reconciler.with_ipsec_epochs(epochs);
+    }
+    reconciler.run(triggers, shutdown).await;
     Ok(())
+}
+
+/// IPsec mode's key epochs from the state directory. The old inbound SAs of
+/// a rekey stay a grace period after the new epoch is published: three
+/// resync intervals (a peer whose watch missed the change catches up on a
+/// resync), at least 30 s.
+fn ipsec_epochs(config: &Config, own: wireseal_core::PublicKey) -> Result<EpochState> {
+    let grace = Duration::from_secs(config.resync_secs.saturating_mul(3).max(30));
+    EpochState::load(
+        &config.state_dir,
+        own,
+        config.ipsec_rekey_interval,
+        grace,
+        crate::reconcile::unix_now(),
+    )
+    .context("reading IPsec mode's key epoch")
 }
 
 /// Someone deleting wireseal's route, catch-all or rule, or the tunnel link changing,

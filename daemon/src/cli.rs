@@ -330,6 +330,11 @@ pub struct AgentArgs {
     )]
     pub key_rotation_lead: u64,
 
+    /// IPsec mode: seconds between rekeys of this node's inbound SAs (a new
+    /// key epoch, make-before-break; 0: never). Each is one write to the Node.
+    #[arg(long, default_value_t = 21_600, env = "WIRESEAL_IPSEC_REKEY_INTERVAL")]
+    pub ipsec_rekey_interval: u64,
+
     /// Seconds a worse encryption state must last before it is written to the
     /// Node (its condition and status annotation); better ones go at once.
     #[arg(long, default_value_t = 30, env = "WIRESEAL_STATUS_HOLD", hide = true)]

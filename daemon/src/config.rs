@@ -95,6 +95,8 @@ pub struct Config {
     pub key_rotation_interval: Option<std::time::Duration>,
     /// Between announcing a next key and switching to it.
     pub key_rotation_lead: std::time::Duration,
+    /// IPsec mode: how often this node rekeys its inbound SAs (`None`: never).
+    pub ipsec_rekey_interval: Option<std::time::Duration>,
 }
 
 /// Strict mode's settings.
@@ -296,6 +298,8 @@ impl Config {
             status_hold_secs: args.status_hold,
             key_rotation_interval: (args.key_rotation_interval != 0)
                 .then(|| std::time::Duration::from_secs(args.key_rotation_interval)),
+            ipsec_rekey_interval: (args.ipsec_rekey_interval != 0)
+                .then(|| std::time::Duration::from_secs(args.ipsec_rekey_interval)),
             key_rotation_lead: std::time::Duration::from_secs(if args.key_rotation_lead == 0 {
                 (2 * args.resync_interval).max(60)
             } else {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod http;
+pub mod ipsec_epoch;
 pub mod k8s;
 pub mod keys;
 pub mod leaks;
@@ -17,6 +18,15 @@ pub mod metrics;
 pub mod reconcile;
 pub mod report;
 pub mod rotation;
+pub mod state_file;
 pub mod status;
 pub mod status_cmd;
 pub mod verify;
+
+/// A public key for unit tests: the one of the private key of 32 `byte`s.
+#[cfg(test)]
+pub(crate) fn test_key(byte: u8) -> wireseal_core::PublicKey {
+    wireseal_keymgr::PrivateKey::from_bytes([byte; 32])
+        .unwrap()
+        .public_key()
+}

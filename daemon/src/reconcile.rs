@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+use wireseal_core::ipsec::Epochs;
 use wireseal_core::rotation::next_switch;
 use wireseal_core::state::{Family, tunnel_mtu};
 use wireseal_core::{
@@ -23,7 +24,8 @@ use wireseal_keymgr::PrivateKey;
 
 use crate::channels::{ClusterView, Outputs};
 use crate::config::{Config, MtuSetting};
-use crate::datapath::{Datapath, NodeAddresses, Routing, execute};
+use crate::datapath::{Datapath, NodeAddresses, NodeSet, Routing, execute};
+use crate::ipsec_epoch::EpochState;
 use crate::leaks::{self, Leaks};
 use crate::lockdown;
 use crate::metrics::Metrics;
@@ -100,6 +102,8 @@ pub struct Reconciler<D, R> {
     alternate_set: bool,
     /// The kernel's count of pod packets leaving outside the tunnel.
     leaks: Leaks,
+    /// IPsec mode: this node's key epochs and their rekey schedule.
+    ipsec_epochs: Option<EpochState>,
 }
 
 impl<D: Datapath, R: Routing> Reconciler<D, R> {
@@ -134,7 +138,15 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
             previous_key: None,
             alternate_set: true,
             leaks: Leaks::disabled("not counted by this datapath"),
+            ipsec_epochs: None,
         }
+    }
+
+    /// IPsec mode: rekeys this node's inbound SAs as `epochs` schedules.
+    #[must_use]
+    pub fn with_ipsec_epochs(mut self, epochs: EpochState) -> Self {
+        self.ipsec_epochs = Some(epochs);
+        self
     }
 
     /// Rotates this node's key as `rotation` says (announce, then switch).
@@ -247,10 +259,12 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         let switched = self.rotate(now, &view.own_annotations);
         let public = self.key.public_key();
         let next_key = self.rotation.as_ref().and_then(Rotation::announced);
+        let epochs = self.ipsec_step(now, &view.own_annotations);
         self.switch_wake = next_key
             .map(|next| next.switch_at)
             .into_iter()
             .chain(next_switch(view.nodes.values(), now))
+            .chain(self.ipsec_epochs.as_ref().and_then(EpochState::next_wake))
             .filter(|at| *at > now)
             .min()
             .map(instant_of);
@@ -263,8 +277,12 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         };
         self.datapath.ensure_link(&link).await?;
         self.routing.ensure_up(&self.config.interface).await?;
-        self.datapath
-            .set_nodes(&self.config.node_name, &public, &view.nodes);
+        self.datapath.set_nodes(&NodeSet {
+            own: &self.config.node_name,
+            own_key: &public,
+            epochs: epochs.unwrap_or_default(),
+            nodes: &view.nodes,
+        });
         let device = self.datapath.observe().await?;
         // Read on every pass: the CNI adds its gateway address with the first
         // pod and may remove or change it at any time. Our link's copy of it
@@ -400,6 +418,7 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 warnings: Warnings { mtu, host_source },
                 next_key,
                 leaks,
+                ipsec_epoch: epochs.map(|e| e.current),
             },
         );
         applied?;
@@ -452,6 +471,33 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
         self.datapath.set_alternate_key(alternate).await?;
         self.alternate_set = alternate.is_some();
         Ok(())
+    }
+
+    /// IPsec mode's rekey step (see [`crate::ipsec_epoch`]); a failure to
+    /// keep a change is logged and the epochs stay as they were.
+    fn ipsec_step(&mut self, now: i64, published: &BTreeMap<String, String>) -> Option<Epochs> {
+        let state = self.ipsec_epochs.as_mut()?;
+        let published = published
+            .get(wireseal_core::annotation::IPSEC_EPOCH)
+            .and_then(|value| wireseal_core::annotation::decode_epoch(value).ok());
+        let before = state.epochs();
+        match state.step(now, published) {
+            Ok(epochs) => {
+                if epochs.current != before.current {
+                    info!(
+                        epoch = epochs.current,
+                        previous = before.current,
+                        "IPsec rekey: new inbound SAs in a new epoch, the old ones kept until \
+                         every peer has switched"
+                    );
+                }
+                Some(epochs)
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot keep the IPsec epoch; retrying on the next pass");
+                Some(before)
+            }
+        }
     }
 
     /// Keeps the catch-alls for strict mode's next start (see

@@ -47,6 +47,8 @@ pub struct PassReport<'a> {
     pub next_key: Option<NextKey>,
     /// The leak counter after the pass.
     pub leaks: LeakStatus,
+    /// IPsec mode: this node's current key epoch, published on its Node.
+    pub ipsec_epoch: Option<u32>,
 }
 
 /// The loop's reporting half, with the warnings of earlier passes so that
@@ -169,6 +171,7 @@ impl Reporter {
             warnings,
             next_key,
             leaks,
+            ipsec_epoch,
         } = pass;
         let applied = failures.is_empty();
         let coverage = coverage(
@@ -237,7 +240,13 @@ impl Reporter {
         let ready = condition.status;
         let condition = self.condition_hold.offer(condition, now, ready).clone();
         let endpoint = own_endpoint(config, view);
-        let own = annotation::encode_own(&public_key, next_key.as_ref(), endpoint, Some(&status));
+        let own = annotation::encode_own(
+            &public_key,
+            next_key.as_ref(),
+            endpoint,
+            Some(&status),
+            ipsec_epoch,
+        );
         let programmed = applied || self.outputs.borrow().programmed;
         self.outputs.send_replace(Outputs {
             own_annotations: Some(own),

@@ -215,7 +215,7 @@ mod tests {
 
     fn published(next: Option<NextKey>) -> BTreeMap<String, String> {
         let key = PrivateKey::from_bytes([7; 32]).unwrap().public_key();
-        wireseal_core::annotation::encode_own(&key, next.as_ref(), None, None)
+        wireseal_core::annotation::encode_own(&key, next.as_ref(), None, None, None)
     }
 
     #[test]

@@ -26,6 +26,7 @@ const WRITERS: &str = "wireseal-annotation-writers";
 const NODE_CLAIM: &str = "authentication.kubernetes.io/node-name";
 const KEY: &str = "wireseal.dev/public-key";
 const NEXT_KEY: &str = "wireseal.dev/next-public-key";
+const EPOCH: &str = "wireseal.dev/ipsec-epoch";
 const SWITCH_AT: &str = "wireseal.dev/key-switch-at";
 const TAINT: &str = "wireseal.dev/agent-not-ready";
 
@@ -707,6 +708,30 @@ fn others_cases() -> Vec<Case> {
             "status",
             node("node-a"),
             kubelet_key.clone(),
+            ONLY_AGENT,
+        ),
+        update(
+            "own node: an IPsec rekey publishes the next epoch",
+            agent(Some("node-a")),
+            "status",
+            with_annotation("node-a", EPOCH, Some("4")),
+            with_annotation("node-a", EPOCH, Some("5")),
+            Expect::Allow,
+        ),
+        update(
+            "another node's IPsec epoch moved",
+            agent(Some("node-a")),
+            "status",
+            with_annotation("node-b", EPOCH, Some("4")),
+            with_annotation("node-b", EPOCH, Some("5")),
+            NOT_OWN_NODE,
+        ),
+        update(
+            "the kubelet moves its Node's IPsec epoch",
+            kubelet("node-a"),
+            "status",
+            node("node-a"),
+            with_annotation("node-a", EPOCH, Some("9")),
             ONLY_AGENT,
         ),
         update(

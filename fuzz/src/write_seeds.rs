@@ -58,6 +58,7 @@ fn node(name: &str, i: u8, endpoint: bool) -> Node {
         None,
         endpoint.then(|| format!("{ip}:51830").parse().unwrap()),
         Some(&status()),
+        Some(u32::from(i)),
     );
     if i == 3 {
         annotations.insert(

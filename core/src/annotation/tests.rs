@@ -342,7 +342,7 @@ fn own_annotations_round_trip() {
         host_sources: vec![],
     };
     let endpoint: SocketAddr = "192.0.2.1:51830".parse().unwrap();
-    let out = encode_own(&key, None, Some(endpoint), Some(&status));
+    let out = encode_own(&key, None, Some(endpoint), Some(&status), Some(7));
     assert_eq!(decode_public_key(&out[PUBLIC_KEY]).unwrap(), key);
     assert_eq!(decode_endpoint(&out[ENDPOINT]).unwrap(), endpoint);
     assert_eq!(decode_status(&out[STATUS]).unwrap(), status);
@@ -350,6 +350,31 @@ fn own_annotations_round_trip() {
         out[STATUS],
         r#"{"datapath":"userspace","encryption":"ipsec","encryptionReady":true,"peersExpected":2,"peersEncrypted":2}"#
     );
+    assert_eq!(decode_epoch(&out[IPSEC_EPOCH]).unwrap(), 7);
+}
+
+#[test]
+fn an_epoch_has_one_spelling() {
+    for good in ["0", "1", "4294967295"] {
+        assert_eq!(decode_epoch(good).unwrap().to_string(), good);
+    }
+    for bad in [
+        "",
+        "-1",
+        "+1",
+        "01",
+        "1.0",
+        "0x10",
+        "4294967296",
+        "1 2",
+        "١",
+    ] {
+        assert!(decode_epoch(bad).is_err(), "{bad:?}");
+    }
+    assert!(matches!(
+        decode_epoch("12345678901"),
+        Err(InputErrorKind::TooLong { .. })
+    ));
 }
 
 mod never_panics {
@@ -364,6 +389,7 @@ mod never_panics {
             let _ = decode_endpoint(&value);
             let _ = decode_pod_cidrs(&value);
             let _ = decode_status(&value);
+            let _ = decode_epoch(&value);
         }
 
         #[test]

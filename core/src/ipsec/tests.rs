@@ -106,7 +106,7 @@ fn reserved_values_are_skipped_and_the_receivers_own_key_is_left_out() {
 }
 
 #[test]
-fn each_end_sends_on_the_spi_the_other_receives_on() {
+fn each_end_sends_on_the_spi_the_other_receives_on_in_the_receivers_epoch() {
     let keys: Vec<PublicKey> = (1..12).map(key).collect();
     let names: Vec<String> = (1..12).map(|i| format!("node-{i}")).collect();
     let nodes: Vec<Sender<'_>> = keys
@@ -118,17 +118,28 @@ fn each_end_sends_on_the_spi_the_other_receives_on() {
             created: Some(0),
         })
         .collect();
-    let all: Vec<BTreeMap<PublicKey, PairSpis>> =
-        keys.iter().map(|own| pair_spis(own, &nodes)).collect();
-    for (a, spis_a) in all.iter().enumerate() {
-        assert_eq!(spis_a.len(), keys.len() - 1);
-        assert!(!spis_a.contains_key(&keys[a]));
-        let inbound: BTreeSet<u32> = spis_a.values().map(|p| p.inbound).collect();
-        assert_eq!(inbound.len(), spis_a.len(), "a receiver's SPIs are unique");
-        for (b, spis_b) in all.iter().enumerate().filter(|(b, _)| *b != a) {
-            assert_eq!(spis_a[&keys[b]].outbound, spis_b[&keys[a]].inbound);
-        }
+    for (epoch_a, epoch_b) in [(0, 0), (3, 0), (3, 4)] {
+        let (a, b) = (0, 5);
+        let into_a = inbound_by_key(&keys[a], epoch_a, &nodes);
+        assert_eq!(into_a.len(), keys.len() - 1);
+        assert!(!into_a.contains_key(&keys[a]));
+        let unique: BTreeSet<u32> = into_a.values().copied().collect();
+        assert_eq!(unique.len(), into_a.len(), "a receiver's SPIs are unique");
+        assert_eq!(
+            outbound_spi(&names[b], &keys[a], epoch_a, &nodes),
+            Some(into_a[&keys[b]])
+        );
+        let into_b = inbound_by_key(&keys[b], epoch_b, &nodes);
+        assert_eq!(
+            outbound_spi(&names[a], &keys[b], epoch_b, &nodes),
+            Some(into_b[&keys[a]])
+        );
     }
-    // A node that is not among the nodes has no pairs.
-    assert!(pair_spis(&key(99), &nodes).is_empty());
+    // A new epoch gives every sender a new SPI, never one of the old epoch's.
+    let old = inbound_by_key(&keys[0], 6, &nodes);
+    let new = inbound_by_key(&keys[0], 7, &nodes);
+    for spi in new.values() {
+        assert!(!old.values().any(|o| o == spi));
+    }
+    assert_eq!(outbound_spi("nobody", &keys[0], 0, &nodes), None);
 }

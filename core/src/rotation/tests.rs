@@ -77,14 +77,14 @@ fn the_codec_writes_both_annotations_and_reads_them_only_together() {
         key: key(9),
         switch_at: NOW,
     };
-    let out = encode_own(&key(1), Some(&next), None, None);
+    let out = encode_own(&key(1), Some(&next), None, None, None);
     assert_eq!(out[KEY_SWITCH_AT_NAME], "2026-12-03T14:00:00Z");
     let decoded = decode_next_key(
         out.get(NEXT_PUBLIC_KEY).map(String::as_str),
         out.get(KEY_SWITCH_AT_NAME).map(String::as_str),
     );
     assert_eq!(decoded, Ok(Some(next)));
-    assert!(!encode_own(&key(1), None, None, None).contains_key(NEXT_PUBLIC_KEY));
+    assert!(!encode_own(&key(1), None, None, None, None).contains_key(NEXT_PUBLIC_KEY));
 
     let annotations: BTreeMap<String, String> = [
         (NEXT_PUBLIC_KEY.to_owned(), "not a key".to_owned()),

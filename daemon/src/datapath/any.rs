@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use tracing::info;
 use wireseal_core::{
-    DatapathKind, DeviceObservation, DevicePlan, LinkSpec, NodeView, PeerConfig, PublicKey, Step,
+    DatapathKind, DeviceObservation, DevicePlan, LinkSpec, PeerConfig, PublicKey, Step,
 };
 use wireseal_keymgr::PrivateKey;
 use wireseal_netlink::wireguard::WireGuard;
@@ -19,7 +19,7 @@ use super::kernel::KernelDatapath;
 use super::memory::MemoryNode;
 use super::netlink_routing::NetlinkRouting;
 use super::userspace::UserspaceDatapath;
-use super::{Datapath, DatapathError, NodeAddresses, Routing, RoutingObservation};
+use super::{Datapath, DatapathError, NodeAddresses, NodeSet, Routing, RoutingObservation};
 use crate::cli::DatapathChoice;
 
 /// Link kind of the userspace datapath's TUN device.
@@ -206,9 +206,9 @@ impl Datapath for AnyDatapath {
         }
     }
 
-    fn set_nodes(&mut self, own: &str, own_key: &PublicKey, nodes: &BTreeMap<String, NodeView>) {
+    fn set_nodes(&mut self, nodes: &NodeSet<'_>) {
         if let Self::Ipsec(d) = self {
-            d.set_nodes(own, own_key, nodes);
+            d.set_nodes(nodes);
         }
     }
 

@@ -5,7 +5,6 @@
 
 pub mod any;
 pub mod ipsec;
-pub mod ipsec_seq;
 pub mod kernel;
 pub mod memory;
 pub mod netlink_routing;
@@ -176,11 +175,9 @@ pub trait Datapath: Send {
     /// Reads the device back.
     fn observe(&mut self) -> impl Future<Output = Result<DeviceObservation, DatapathError>> + Send;
 
-    /// Hands the datapath every Node (`own` is this node's name, `own_key`
-    /// its key, which its Node may not show yet) before it observes: IPsec
-    /// mode derives its SPIs from the whole set. The default ignores them.
-    fn set_nodes(&mut self, _own: &str, _own_key: &PublicKey, _nodes: &BTreeMap<String, NodeView>) {
-    }
+    /// Hands the datapath every Node before it observes: IPsec mode derives
+    /// its SPIs and keys from the whole set. The default ignores them.
+    fn set_nodes(&mut self, _nodes: &NodeSet<'_>) {}
 
     /// After a plan ran: removes what the datapath holds that no peer
     /// explains (IPsec mode: the SAs and policies of a departed node or a
@@ -220,6 +217,20 @@ pub trait Datapath: Send {
         plan: &DevicePlan,
         key: &PrivateKey,
     ) -> impl Future<Output = Result<(), DatapathError>> + Send;
+}
+
+/// The cluster as a datapath that derives its keys from it (IPsec mode)
+/// needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSet<'a> {
+    /// This node's name.
+    pub own: &'a str,
+    /// This node's key (its Node shows it only once the first pass published it).
+    pub own_key: &'a PublicKey,
+    /// IPsec mode: this node's key epochs.
+    pub epochs: wireseal_core::ipsec::Epochs,
+    /// Every Node, by name.
+    pub nodes: &'a BTreeMap<String, NodeView>,
 }
 
 /// What routing reads back: the tunnel interface and wireseal's table and rules.

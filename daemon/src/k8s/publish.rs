@@ -14,13 +14,22 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use wireseal_core::annotation::{ENDPOINT, KEY_SWITCH_AT, NEXT_PUBLIC_KEY, PUBLIC_KEY, STATUS};
+use wireseal_core::annotation::{
+    ENDPOINT, IPSEC_EPOCH, KEY_SWITCH_AT, NEXT_PUBLIC_KEY, PUBLIC_KEY, STATUS,
+};
 
 use crate::channels::{CONDITION_TYPE, ClusterView, EncryptedCondition, Outputs};
 use crate::metrics::Metrics;
 
 /// The annotations this agent owns. `pod-cidrs` is the operator's and is never written.
-const OWNED: [&str; 5] = [PUBLIC_KEY, NEXT_PUBLIC_KEY, KEY_SWITCH_AT, ENDPOINT, STATUS];
+const OWNED: [&str; 6] = [
+    PUBLIC_KEY,
+    NEXT_PUBLIC_KEY,
+    KEY_SWITCH_AT,
+    ENDPOINT,
+    STATUS,
+    IPSEC_EPOCH,
+];
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -170,6 +179,36 @@ mod tests {
 
     fn annotations(pending: Option<Pending>) -> Option<Value> {
         pending.map(|p| Value::Object(p.annotations))
+    }
+
+    #[test]
+    fn the_ipsec_epoch_is_published_and_goes_with_ipsec_mode() {
+        let view = ClusterView {
+            synced: true,
+            own_annotations: BTreeMap::from([(PUBLIC_KEY.to_owned(), "k".to_owned())]),
+            ..ClusterView::default()
+        };
+        let mut outputs = Outputs {
+            own_annotations: Some(BTreeMap::from([
+                (PUBLIC_KEY.to_owned(), "k".to_owned()),
+                (IPSEC_EPOCH.to_owned(), "3".to_owned()),
+            ])),
+            ..Outputs::default()
+        };
+        assert_eq!(
+            annotations(pending_patch(&outputs, &view)),
+            Some(json!({ IPSEC_EPOCH: "3" }))
+        );
+        // Back in WireGuard mode the epoch is taken away.
+        let mut ipsec_view = view;
+        ipsec_view
+            .own_annotations
+            .insert(IPSEC_EPOCH.to_owned(), "3".to_owned());
+        outputs.own_annotations = Some(BTreeMap::from([(PUBLIC_KEY.to_owned(), "k".to_owned())]));
+        assert_eq!(
+            annotations(pending_patch(&outputs, &ipsec_view)),
+            Some(json!({ IPSEC_EPOCH: null }))
+        );
     }
 
     #[test]

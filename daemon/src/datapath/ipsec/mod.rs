@@ -8,8 +8,8 @@
 //! - two SAs, `rfc4106(gcm(aes))` with extended sequence numbers and a
 //!   replay window: peer → this node on the SPI this node assigns the peer,
 //!   this node → peer on the SPI the peer assigns this node
-//!   (`wireseal_core::ipsec`), each with its own key derived from the two
-//!   nodes' X25519 keys (`wireseal_keymgr::esp`); an SA's reqid is its SPI;
+//!   (`wireseal_core::ipsec`), in the receiver's key epoch, each with its
+//!   own key derived from the two nodes' X25519 keys (`wireseal_keymgr::esp`);
 //! - per allowed IP (a pod CIDR of the peer): an `out` policy from anywhere
 //!   to it through the outbound SA, and `in` and `fwd` policies from it to
 //!   anywhere through the inbound SA, all on the interface's `if_id`, so
@@ -23,7 +23,7 @@
 //! restart keeps every SA and its sequence numbers. An outbound SA that has
 //! to be installed again (a reboot, an SA deleted by hand) starts past every
 //! sequence number it may have sent, from the reservation kept in the state
-//! directory ([`super::ipsec_seq`]): AES-GCM must never see a nonce twice
+//! directory ([`seq`]): AES-GCM must never see a nonce twice
 //! under one key.
 //! SAs and policies on the interface that no peer explains (a departed node,
 //! a replaced key) are removed after the plan ran, so a peer whose key
@@ -35,19 +35,23 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use ipnetwork::IpNetwork;
-use tracing::{debug, info};
-use wireseal_core::ipsec::{EPOCH, PairSpis, Sender, pair_spis};
+use tracing::info;
 use wireseal_core::{
-    DatapathKind, DeviceObservation, DevicePlan, LinkSpec, NodeView, ObservedDevice, PeerConfig,
-    PeerStats, PublicKey,
+    DatapathKind, DeviceObservation, DevicePlan, LinkSpec, ObservedDevice, PeerConfig, PeerStats,
+    PublicKey,
 };
 use wireseal_keymgr::PrivateKey;
 use wireseal_keymgr::esp::derive_esp_key;
 use wireseal_netlink::xfrm::{Direction, Policy, PolicyInfo, Sa, SaInfo, Xfrm, new_sa};
 use wireseal_netlink::{Error as NetlinkError, Netlink, XFRM_KIND};
 
-use super::ipsec_seq::Reservations;
-use super::{Datapath, DatapathError};
+use super::{Datapath, DatapathError, NodeSet};
+use seq::Reservations;
+
+pub mod seq;
+mod spis;
+
+use spis::{PairSpis, SpiBook};
 
 /// The XFRM interface id of wireseal's interface, its SAs and policies:
 /// nothing else on the node uses them, and they are how wireseal finds its own.
@@ -61,8 +65,11 @@ const REPLAY_WINDOW: u32 = 1024;
 /// into wireseal's interface, so no other policy competes with them.
 const POLICY_PRIORITY: u32 = 100;
 
-/// The node set SPIs were last computed for: names, keys and creation times.
-type Roster = Vec<(String, PublicKey, Option<i64>)>;
+/// The reqid of every wireseal SA and policy template. A policy finds its
+/// SA by the addresses, and the kernel sends on the newest of two SAs that
+/// match: so a peer's rekey is one new SA and no policy change, and the
+/// inbound policies accept both epochs' SAs while a rekey settles.
+const REQID: u32 = IF_ID;
 
 /// One pair as the kernel holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,9 +103,8 @@ pub struct IpsecDatapath {
     reservations: Option<Reservations>,
     /// This node's key and underlay address, from its own Node.
     own: Option<(PublicKey, IpAddr)>,
-    roster: Roster,
-    /// Each peer's SPIs, for the current roster.
-    spis: BTreeMap<PublicKey, PairSpis>,
+    /// Each peer's SPIs, for the node set and epochs.
+    spis: SpiBook,
     /// Each peer's endpoint port, as the plan states it (ESP has none).
     ports: BTreeMap<PublicKey, u16>,
     /// What the last observation found, by peer.
@@ -169,8 +175,7 @@ impl IpsecDatapath {
             state_dir,
             reservations: None,
             own: None,
-            roster: Vec::new(),
-            spis: BTreeMap::new(),
+            spis: SpiBook::default(),
             ports: BTreeMap::new(),
             installed: BTreeMap::new(),
             since: BTreeMap::new(),
@@ -186,7 +191,7 @@ impl IpsecDatapath {
         let (_, local) = self
             .own
             .ok_or_else(|| ipsec_error("this node's Node has no key or address yet"))?;
-        let spis = self.spis.get(key).copied().ok_or_else(|| {
+        let spis = self.spis.get(key).ok_or_else(|| {
             ipsec_error(format!(
                 "no SPIs for the peer {key}: it is not in the Node list"
             ))
@@ -207,43 +212,24 @@ impl IpsecDatapath {
             .ok_or_else(|| ipsec_error("sequence reservations unavailable"))
     }
 
-    /// The policies of one pod CIDR of a pair.
-    fn policies(local: IpAddr, peer_ip: IpAddr, spis: PairSpis, cidr: IpNetwork) -> [Policy; 3] {
-        let policy = |src, dst, dir, tunnel_src, tunnel_dst, reqid| Policy {
+    /// The policies of one pod CIDR of a pair: out into the SA to the
+    /// peer, in and fwd from the SAs from it.
+    fn policies(local: IpAddr, peer_ip: IpAddr, cidr: IpNetwork) -> [Policy; 3] {
+        let policy = |src, dst, dir, tunnel_src, tunnel_dst| Policy {
             src,
             dst,
             dir,
             tunnel_src,
             tunnel_dst,
-            reqid,
+            reqid: REQID,
             if_id: IF_ID,
             priority: POLICY_PRIORITY,
         };
+        let any = any_of(cidr);
         [
-            policy(
-                any_of(cidr),
-                cidr,
-                Direction::Out,
-                local,
-                peer_ip,
-                spis.outbound,
-            ),
-            policy(
-                cidr,
-                any_of(cidr),
-                Direction::In,
-                peer_ip,
-                local,
-                spis.inbound,
-            ),
-            policy(
-                cidr,
-                any_of(cidr),
-                Direction::Fwd,
-                peer_ip,
-                local,
-                spis.inbound,
-            ),
+            policy(any, cidr, Direction::Out, local, peer_ip),
+            policy(cidr, any, Direction::In, peer_ip, local),
+            policy(cidr, any, Direction::Fwd, peer_ip, local),
         ]
     }
 
@@ -276,14 +262,14 @@ impl IpsecDatapath {
             src,
             dst,
             spi,
-            reqid: spi,
+            reqid: REQID,
             if_id: IF_ID,
             replay_window: REPLAY_WINDOW,
             oseq: 0,
         };
         // Inbound first: the peer may already send on it.
         if !current.as_ref().is_some_and(|pair| pair.inbound) {
-            let esp = derive_esp_key(private, key, &own_key, EPOCH, spis.inbound)
+            let esp = derive_esp_key(private, key, &own_key, spis.epoch_in, spis.inbound)
                 .map_err(|err| ipsec_error(format!("the inbound key from {key}: {err}")))?;
             let inbound = sa(peer_ip, local, spis.inbound);
             self.replace_sa(local, spis.inbound).await?;
@@ -293,7 +279,7 @@ impl IpsecDatapath {
             self.written_sas.insert((local, spis.inbound));
         }
         if !current.as_ref().is_some_and(|pair| pair.outbound) {
-            let esp = derive_esp_key(private, &own_key, key, EPOCH, spis.outbound)
+            let esp = derive_esp_key(private, &own_key, key, spis.epoch_out, spis.outbound)
                 .map_err(|err| ipsec_error(format!("the outbound key to {key}: {err}")))?;
             // Reserved on disk before the kernel may send a single packet.
             let reservations = self.reservations(own_key)?;
@@ -315,7 +301,7 @@ impl IpsecDatapath {
             .map(|pair| (pair.out, pair.inbound_cidrs))
             .unwrap_or_default();
         for cidr in &config.allowed_ips {
-            let [out_policy, in_policy, fwd_policy] = Self::policies(local, peer_ip, spis, *cidr);
+            let [out_policy, in_policy, fwd_policy] = Self::policies(local, peer_ip, *cidr);
             if !inbound_cidrs.contains(cidr) {
                 self.xfrm.update_policy(&in_policy).await?;
                 self.xfrm.update_policy(&fwd_policy).await?;
@@ -385,50 +371,17 @@ impl Datapath for IpsecDatapath {
         DatapathKind::Kernel
     }
 
-    fn set_nodes(&mut self, own: &str, own_key: &PublicKey, nodes: &BTreeMap<String, NodeView>) {
-        self.own = nodes
-            .get(own)
-            .and_then(|node| Some((*own_key, node.endpoint_or(self.listen_port)?.ip())));
-        self.ports = nodes
+    fn set_nodes(&mut self, set: &NodeSet<'_>) {
+        self.own = set
+            .nodes
+            .get(set.own)
+            .and_then(|node| Some((*set.own_key, node.endpoint_or(self.listen_port)?.ip())));
+        self.ports = set
+            .nodes
             .values()
             .filter_map(|node| Some((node.public_key?, node.endpoint_or(self.listen_port)?.port())))
             .collect();
-        // This node with the key it holds: its Node shows it only once the
-        // first pass has published it.
-        let roster: Roster = nodes
-            .values()
-            .filter_map(|node| {
-                let key = if node.name == own {
-                    *own_key
-                } else {
-                    node.public_key?
-                };
-                Some((node.name.clone(), key, node.created))
-            })
-            .collect();
-        if roster == self.roster && !self.spis.is_empty() {
-            return;
-        }
-        self.roster = roster;
-        self.spis = match &self.own {
-            Some((own_key, _)) => {
-                let senders: Vec<Sender<'_>> = self
-                    .roster
-                    .iter()
-                    .map(|(name, key, created)| Sender {
-                        name,
-                        key,
-                        created: *created,
-                    })
-                    .collect();
-                pair_spis(own_key, &senders)
-            }
-            None => BTreeMap::new(),
-        };
-        debug!(
-            peers = self.spis.len(),
-            "IPsec SPIs computed for the node set"
-        );
+        self.spis.update(set);
     }
 
     async fn ensure_link(&mut self, _link: &LinkSpec) -> Result<(), DatapathError> {
@@ -467,7 +420,7 @@ impl Datapath for IpsecDatapath {
         let mut explained_sas = BTreeSet::new();
         let mut explained_policies = BTreeSet::new();
         let mut installed = BTreeMap::new();
-        for (key, spis) in &self.spis {
+        for (key, spis) in self.spis.pairs() {
             let outbound = sas
                 .iter()
                 .position(|sa| sa.src == local && sa.spi == spis.outbound);
@@ -483,15 +436,23 @@ impl Datapath for IpsecDatapath {
                 continue;
             };
             let inbound = inbound.filter(|at| sas[*at].src == peer_ip);
+            // The previous epoch's SA from the peer stays while a rekey of
+            // this node settles.
+            let previous = spis.previous_inbound.and_then(|spi| {
+                sas.iter()
+                    .position(|sa| sa.src == peer_ip && sa.dst == local && sa.spi == spi)
+            });
             explained_sas.extend(outbound);
             explained_sas.extend(inbound);
+            explained_sas.extend(previous);
             let mut pair = Installed {
                 peer_ip,
                 inbound: inbound.is_some(),
                 outbound: outbound.is_some(),
                 out: BTreeSet::new(),
                 inbound_cidrs: BTreeSet::new(),
-                rx_bytes: inbound.map_or(0, |at| sas[at].bytes),
+                rx_bytes: inbound.map_or(0, |at| sas[at].bytes)
+                    + previous.map_or(0, |at| sas[at].bytes),
                 tx_bytes: outbound.map_or(0, |at| sas[at].bytes),
                 oseq: outbound.and_then(|at| sas[at].oseq),
             };
@@ -501,14 +462,13 @@ impl Datapath for IpsecDatapath {
                 let template = policy.template;
                 let mine = match policy.dir {
                     Some(Direction::Out) => {
-                        template == Some((local, peer_ip, spis.outbound))
-                            && pair.out.insert(policy.dst)
+                        template == Some((local, peer_ip, REQID)) && pair.out.insert(policy.dst)
                     }
                     Some(Direction::In) => {
-                        template == Some((peer_ip, local, spis.inbound)) && ins.insert(policy.src)
+                        template == Some((peer_ip, local, REQID)) && ins.insert(policy.src)
                     }
                     Some(Direction::Fwd) => {
-                        template == Some((peer_ip, local, spis.inbound)) && fwds.insert(policy.src)
+                        template == Some((peer_ip, local, REQID)) && fwds.insert(policy.src)
                     }
                     None => false,
                 };
@@ -517,7 +477,7 @@ impl Datapath for IpsecDatapath {
                 }
             }
             pair.inbound_cidrs = ins.intersection(&fwds).copied().collect();
-            installed.insert(*key, pair);
+            installed.insert(key, pair);
         }
         self.strays = (
             sas.iter()
@@ -533,15 +493,18 @@ impl Datapath for IpsecDatapath {
                 .collect(),
         );
         let now = SystemTime::now();
-        self.since
-            .retain(|key, _| installed.get(key).is_some_and(|p| p.inbound && p.outbound));
+        // Kept while the pair is there at all: a rekey replaces one SA and
+        // is not a new "handshake".
+        self.since.retain(|key, _| installed.contains_key(key));
         let mut peers = BTreeMap::new();
         let mut stats = BTreeMap::new();
         for (key, pair) in &installed {
             let complete = pair.inbound && pair.outbound;
             if complete {
                 let entry = self.since.entry(*key).or_insert((now, pair.rx_bytes));
-                if pair.rx_bytes > entry.1 {
+                // A change either way: an old epoch's SA that goes takes
+                // its bytes with it.
+                if pair.rx_bytes != entry.1 {
                     *entry = (now, pair.rx_bytes);
                 }
             }

@@ -23,12 +23,12 @@
 //! says so.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 use wireseal_core::PublicKey;
+
+use crate::state_file::{StateFileError, read_json, write_json};
 
 /// How far a reservation runs ahead of the kernel's counter.
 pub const STEP: u64 = 1 << 30;
@@ -36,34 +36,10 @@ pub const STEP: u64 = 1 << 30;
 /// The file's name in the state directory.
 pub const FILE: &str = "ipsec-sequence.json";
 
-/// Why a reservation cannot be read or kept.
-#[derive(Debug, Error)]
-pub enum SeqError {
-    /// Reading or writing the file failed.
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not what this agent writes.
-    #[error(
-        "{} is not a sequence reservation file ({detail}); outbound IPsec SAs stay \
-         uninstalled, since without it a restarted SA could repeat AES-GCM nonces. Remove it \
-         only together with private.key (a new key starts new SAs)",
-        path.display()
-    )]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        detail: String,
-    },
-}
+/// What a damaged reservation file means.
+const DAMAGED: &str = "outbound IPsec SAs stay uninstalled, since without it a restarted SA \
+    could repeat AES-GCM nonces. Remove it only together with private.key (a new key starts \
+    new SAs)";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Stored {
@@ -91,30 +67,11 @@ impl Reservations {
     ///
     /// # Errors
     /// When the file exists but cannot be read or parsed.
-    pub fn load(state_dir: &Path, own: PublicKey) -> Result<Self, SeqError> {
+    pub fn load(state_dir: &Path, own: PublicKey) -> Result<Self, StateFileError> {
         let path = state_dir.join(FILE);
-        let stored = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let stored: Stored =
-                    serde_json::from_slice(&bytes).map_err(|err| SeqError::Corrupt {
-                        path: path.clone(),
-                        detail: err.to_string(),
-                    })?;
-                if stored.own == Some(own) {
-                    stored
-                } else {
-                    Stored::default()
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(source) => {
-                return Err(SeqError::Io {
-                    what: "reading",
-                    path,
-                    source,
-                });
-            }
-        };
+        let stored = read_json::<Stored>(&path, DAMAGED)?
+            .filter(|stored| stored.own == Some(own))
+            .unwrap_or_default();
         Ok(Self { path, own, stored })
     }
 
@@ -142,7 +99,7 @@ impl Reservations {
     /// # Errors
     /// When the file cannot be written: the caller must not install or keep
     /// sending on an SA past its reservation.
-    pub fn cover(&mut self, peer: &PublicKey, spi: u32, used: u64) -> Result<bool, SeqError> {
+    pub fn cover(&mut self, peer: &PublicKey, spi: u32, used: u64) -> Result<bool, StateFileError> {
         let key = entry(peer, spi);
         let reserved = self.stored.reserved.get(&key).copied().unwrap_or(0);
         if reserved > used.saturating_add(STEP / 2) {
@@ -154,40 +111,15 @@ impl Reservations {
         Ok(true)
     }
 
-    /// Writes the file atomically and durably: a temporary file, fsync,
-    /// rename, fsync of the directory.
-    fn write(&self) -> Result<(), SeqError> {
-        let io = |what, source| SeqError::Io {
-            what,
-            path: self.path.clone(),
-            source,
-        };
-        let text = serde_json::to_vec_pretty(&self.stored)
-            .map_err(|err| io("encoding", std::io::Error::other(err)))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
-        file.write_all(&text).map_err(|e| io("writing", e))?;
-        file.sync_all().map_err(|e| io("syncing", e))?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(|e| io("renaming into", e))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("syncing the directory of", e))?;
-        }
-        Ok(())
+    fn write(&self) -> Result<(), StateFileError> {
+        write_json(&self.path, &self.stored)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(byte: u8) -> PublicKey {
-        wireseal_keymgr::PrivateKey::from_bytes([byte; 32])
-            .unwrap()
-            .public_key()
-    }
+    use crate::test_key as key;
 
     #[test]
     fn an_sa_installed_again_starts_past_everything_it_could_have_sent() {
