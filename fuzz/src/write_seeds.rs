@@ -40,6 +40,7 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 fn status() -> WiresealStatus {
     WiresealStatus {
         datapath: Some(DatapathKind::Userspace),
+        encryption: Some(annotation::Encryption::Ipsec),
         encryption_ready: false,
         peers_expected: 3,
         peers_encrypted: 2,
