@@ -1141,6 +1141,10 @@ ipsec_mode() {
         "SA $spi again, $oseq; $PING_LOST of $PING_SENT lost while it was gone" test "$ok" -eq 1
     xfrm_stat 1
     xfrm_stat 2
+    # The drops while the SA was gone, as the agent reports them.
+    vm_exec 1 20 "wireseal status | grep '^ipsec:'; wget -q -O - http://127.0.0.1:9831/metrics | grep '^wireseal_ipsec_xfrm_errors{counter=\"XfrmOutNoStates\"}'" || true
+    check "IPsec: status and metrics show the kernel's drops" "$(tr '\n' ' ' <<<"$OUT")" \
+        test "$(grep -Ec 'XfrmOutNoStates"?\}? [1-9]' <<<"$OUT")" -eq 2
 
     # wireseal cleanup removes the XFRM interface, SAs and policies.
     for n in "${ACTIVE[@]}"; do

@@ -22,6 +22,7 @@ pub mod state_file;
 pub mod status;
 pub mod status_cmd;
 pub mod verify;
+pub mod xfrm_stat;
 
 /// A public key for unit tests: the one of the private key of 32 `byte`s.
 #[cfg(test)]

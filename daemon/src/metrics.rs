@@ -88,6 +88,12 @@ struct Inner {
     /// The kernel's leak counts as last mirrored into the two counters above.
     leaks_seen: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     leak_counter_up: Gauge,
+    xfrm_errors: Family<XfrmLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XfrmLabel {
+    counter: String,
 }
 
 impl Default for Metrics {
@@ -134,6 +140,7 @@ impl Metrics {
                 leaked_bytes: Family::default(),
                 leaks_seen: Mutex::new(BTreeMap::new()),
                 leak_counter_up: Gauge::default(),
+                xfrm_errors: Family::default(),
             }),
         }
     }
@@ -223,6 +230,7 @@ impl Metrics {
                 state: LeakState::Counting,
                 ..LeakStatus::default()
             },
+            xfrm_errors: Some(BTreeMap::from([("XfrmInError".to_owned(), 0)])),
             ..AgentStatus::default()
         };
         metrics
@@ -252,6 +260,18 @@ impl Metrics {
                 strict: if current.strict { "true" } else { "false" },
             })
             .set(1);
+
+        // The kernel's counters, mirrored as they are (it counts since the
+        // namespace was made, not since the agent started).
+        inner.xfrm_errors.clear();
+        for (counter, value) in current.xfrm_errors.iter().flatten() {
+            inner
+                .xfrm_errors
+                .get_or_create(&XfrmLabel {
+                    counter: counter.clone(),
+                })
+                .set(i64::try_from(*value).unwrap_or(i64::MAX));
+        }
 
         inner.peers_expected.clear();
         inner.peers_encrypted.clear();
@@ -439,6 +459,13 @@ impl Metrics {
             "leaked_bytes",
             "Bytes of those packets",
             inner.leaked_bytes.clone(),
+        );
+        registry.register(
+            "ipsec_xfrm_errors",
+            "IPsec mode: the kernel's XFRM error counters (/proc/net/xfrm_stat) by name: \
+             XfrmOutNoStates (sent without an SA: dropped), XfrmInStateProtoError (failed \
+             authentication), XfrmInStateSeqError (replays) and the rest; absent otherwise",
+            inner.xfrm_errors.clone(),
         );
         registry.register(
             "leak_counter_up",

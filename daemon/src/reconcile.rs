@@ -419,6 +419,13 @@ impl<D: Datapath, R: Routing> Reconciler<D, R> {
                 next_key,
                 leaks,
                 ipsec_epoch: epochs.map(|e| e.current),
+                xfrm_errors: epochs.and_then(|_| match crate::xfrm_stat::read() {
+                    Ok(counters) => Some(counters),
+                    Err(err) => {
+                        debug!(error = %err, "no XFRM error counters");
+                        None
+                    }
+                }),
             },
         );
         applied?;

@@ -49,6 +49,8 @@ pub struct PassReport<'a> {
     pub leaks: LeakStatus,
     /// IPsec mode: this node's current key epoch, published on its Node.
     pub ipsec_epoch: Option<u32>,
+    /// IPsec mode: the kernel's XFRM error counters.
+    pub xfrm_errors: Option<BTreeMap<String, u64>>,
 }
 
 /// The loop's reporting half, with the warnings of earlier passes so that
@@ -172,6 +174,7 @@ impl Reporter {
             next_key,
             leaks,
             ipsec_epoch,
+            xfrm_errors,
         } = pass;
         let applied = failures.is_empty();
         let coverage = coverage(
@@ -274,6 +277,7 @@ impl Reporter {
             host_source_warning: warnings.host_source,
             peers,
             leaks,
+            xfrm_errors,
         });
     }
 }

@@ -2,6 +2,7 @@
 //! writes it) and the status endpoint, the metrics and `wireseal status`
 //! (which read it).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::UNIX_EPOCH;
@@ -143,6 +144,9 @@ pub struct AgentStatus {
     /// The leak counter: packets that left for other nodes' pods outside the tunnel.
     #[serde(default)]
     pub leaks: LeakStatus,
+    /// IPsec mode: the kernel's XFRM error counters, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xfrm_errors: Option<BTreeMap<String, u64>>,
 }
 
 impl AgentStatus {

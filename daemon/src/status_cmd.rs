@@ -229,6 +229,18 @@ fn render_raw(status: &AgentStatus, now: SystemTime) -> String {
     out.push_str(&status.coverage_line());
     out.push('\n');
     out.push_str(&format!("leaks: {}\n", status.leaks.line()));
+    if let Some(counters) = &status.xfrm_errors {
+        let nonzero: Vec<String> = counters
+            .iter()
+            .filter(|(_, value)| **value != 0)
+            .map(|(name, value)| format!("{} {value}", printable(name)))
+            .collect();
+        out.push_str(&if nonzero.is_empty() {
+            "ipsec: the kernel counts no XFRM errors\n".to_owned()
+        } else {
+            format!("ipsec: kernel XFRM errors: {}\n", nonzero.join(", "))
+        });
+    }
     for warning in [&status.mtu_warning, &status.host_source_warning]
         .into_iter()
         .flatten()
@@ -374,6 +386,35 @@ mod tests {
     }
 
     #[test]
+    fn ipsec_mode_shows_the_kernels_xfrm_errors_that_are_not_zero() {
+        let mut status = AgentStatus {
+            encryption: wireseal_core::Encryption::Ipsec,
+            xfrm_errors: Some(
+                [
+                    ("XfrmInError".to_owned(), 0),
+                    ("XfrmOutNoStates".to_owned(), 10),
+                ]
+                .into(),
+            ),
+            ..AgentStatus::default()
+        };
+        let text = render(&status, SystemTime::now());
+        assert!(text.contains("encryption ipsec"), "{text}");
+        assert!(
+            text.contains("ipsec: kernel XFRM errors: XfrmOutNoStates 10\n"),
+            "{text}"
+        );
+        status.xfrm_errors = Some([("XfrmInError".to_owned(), 0)].into());
+        let text = render(&status, SystemTime::now());
+        assert!(
+            text.contains("ipsec: the kernel counts no XFRM errors\n"),
+            "{text}"
+        );
+        status.xfrm_errors = None;
+        assert!(!render(&status, SystemTime::now()).contains("ipsec:"));
+    }
+
+    #[test]
     fn shows_the_host_source_and_every_warning() {
         let mut status = AgentStatus {
             node: "node-a".into(),
@@ -399,6 +440,7 @@ mod tests {
         // The JSON keeps old readers working: empty fields are left out.
         let json = serde_json::to_string(&AgentStatus::default()).unwrap();
         assert!(!json.contains("hostSource"), "{json}");
+        assert!(!json.contains("xfrmErrors"), "{json}");
         let json = serde_json::to_string(&status).unwrap();
         assert!(
             json.contains(r#""hostSourceWarning":"node node-a"#),

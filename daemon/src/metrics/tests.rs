@@ -202,3 +202,25 @@ fn leak_counters_follow_the_kernel_and_exist_only_where_it_counts() {
         "{text}"
     );
 }
+
+#[test]
+fn the_kernels_xfrm_counters_are_mirrored_in_ipsec_mode_only() {
+    let metrics = Metrics::new();
+    let text = metrics.encode(&AgentStatus::default());
+    assert!(!text.contains("wireseal_ipsec_xfrm_errors{"), "{text}");
+    let text = metrics.encode(&AgentStatus {
+        xfrm_errors: Some(BTreeMap::from([
+            ("XfrmOutNoStates".to_owned(), 10),
+            ("XfrmInStateProtoError".to_owned(), 0),
+        ])),
+        ..AgentStatus::default()
+    });
+    assert!(
+        text.contains("wireseal_ipsec_xfrm_errors{counter=\"XfrmOutNoStates\"} 10\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wireseal_ipsec_xfrm_errors{counter=\"XfrmInStateProtoError\"} 0\n"),
+        "{text}"
+    );
+}
