@@ -125,6 +125,21 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// Which cargo profile built the `wireseal-tunnel` this lab runs, from
+    /// its folder (`target/<profile>/`): the demo says which build its
+    /// throughput measured. `None` outside a cargo target folder.
+    #[must_use]
+    pub fn tunnel_profile(&self) -> Option<String> {
+        let dir = self.tunnel.parent()?;
+        let inside_target = dir
+            .parent()
+            .and_then(|target| target.file_name())
+            .is_some_and(|name| name == "target");
+        inside_target
+            .then(|| dir.file_name()?.to_str().map(str::to_owned))
+            .flatten()
+    }
+
     /// Builds the network, installs the CNI's plain routes, starts the
     /// apiserver and registers the Nodes. wireseal is not started yet.
     ///

@@ -313,7 +313,15 @@ fn demo(config: LabConfig, seconds: u32) -> Result<()> {
 
     println!("\n== 5. throughput, pod on node-0 → pod on node-1, {seconds} s TCP");
     let mbits = traffic::iperf(&lab.network, (0, 0), (1, 0), seconds)?;
-    println!("   {mbits:.0} Mbit/s through the userspace datapath");
+    let build = match lab.tunnel_profile().as_deref() {
+        Some("release") => "an optimised (release) build of wireseal-tunnel".to_owned(),
+        Some("debug") => "an unoptimised debug build of wireseal-tunnel: a release build \
+                          (cargo build --release) moves several times more, see bench/"
+            .to_owned(),
+        Some(other) => format!("wireseal-tunnel built with the {other} profile"),
+        None => "a wireseal-tunnel from outside a cargo target folder".to_owned(),
+    };
+    println!("   {mbits:.0} Mbit/s through the userspace datapath ({build})");
 
     println!("\n== summary");
     println!(
@@ -330,7 +338,8 @@ fn demo(config: LabConfig, seconds: u32) -> Result<()> {
         sealed.wireguard[3]
     );
     println!(
-        "   throughput {mbits:.0} Mbit/s; whole demo {:.1} s",
+        "   throughput {mbits:.0} Mbit/s ({} build of the tunnel); whole demo {:.1} s",
+        lab.tunnel_profile().as_deref().unwrap_or("unknown"),
         started.elapsed().as_secs_f64()
     );
     let prefix = lab.prefix.clone();
