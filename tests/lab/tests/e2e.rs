@@ -869,8 +869,8 @@ fn a_node_cannot_rewrite_another_nodes_key_and_every_node_publishes_its_own() {
         .unwrap(),
         "wireseal-agent-own-node",
         "the wireseal agent may only change the annotations wireseal.dev/public-key, \
-         wireseal.dev/next-public-key, wireseal.dev/key-switch-at, wireseal.dev/endpoint \
-         and wireseal.dev/status",
+         wireseal.dev/next-public-key, wireseal.dev/key-switch-at, wireseal.dev/endpoint, \
+         wireseal.dev/status and wireseal.dev/ipsec-epoch",
     );
 
     // Nothing reached node-1's Node, and every peer still encrypts to its key.
