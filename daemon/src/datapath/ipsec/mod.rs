@@ -284,6 +284,16 @@ impl IpsecDatapath {
             // Reserved on disk before the kernel may send a single packet.
             let reservations = self.reservations(own_key)?;
             let start = reservations.start(key, spis.outbound);
+            if start > seq::MAX_START {
+                return Err(ipsec_error(format!(
+                    "the SA to {key} (SPI {:#x}) was installed again too often under its \
+                     current key: its sequence numbers are reserved up to {start}, beyond what \
+                     a fresh receiver can follow; it stays uninstalled (the pair's traffic is \
+                     dropped) until that node's next rekey (--ipsec-rekey-interval) gives the \
+                     pair a new key",
+                    spis.outbound
+                )));
+            }
             reservations
                 .cover(key, spis.outbound, start)
                 .map_err(|err| ipsec_error(err.to_string()))?;

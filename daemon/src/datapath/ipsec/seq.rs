@@ -12,9 +12,16 @@
 //!
 //! The reservation runs [`STEP`] ahead of the kernel's counter and is raised
 //! by a pass once half of it is used: a pass comes at least every resync
-//! interval, long before 2²⁹ packets. A restart from the reservation is a
-//! jump of at most `STEP` past the last packet the peer saw, well inside what
-//! extended sequence numbers let the receiver follow (2³¹).
+//! interval, long before 2²⁶ packets (67 s at a million packets a second).
+//!
+//! Where an SA may start again is bounded by [`MAX_START`]: with extended
+//! sequence numbers the receiver infers the high 32 bits, and an SA it has
+//! just installed (the peer rebooted too, or ran a cleanup) takes a first
+//! packet below 2³¹ for the lowest ones, while one that tracks the sender
+//! follows a jump of less than 2³¹. So an SA can be installed again about 16
+//! times under one key; after that it stays uninstalled (dropped, never a
+//! nonce repeated) until the peer's next rekey gives the pair a new key (a
+//! new epoch, a new SPI, a fresh reservation).
 //!
 //! The file belongs to the private key beside it: it names the public key it
 //! was written for, and one written for another key starts empty (that key's
@@ -31,7 +38,11 @@ use wireseal_core::PublicKey;
 use crate::state_file::{StateFileError, read_json, write_json};
 
 /// How far a reservation runs ahead of the kernel's counter.
-pub const STEP: u64 = 1 << 30;
+pub const STEP: u64 = 1 << 27;
+
+/// The highest sequence number an SA may be installed again from (see the
+/// module's documentation).
+pub const MAX_START: u64 = (1 << 31) - 1;
 
 /// The file's name in the state directory.
 pub const FILE: &str = "ipsec-sequence.json";
@@ -139,6 +150,25 @@ mod tests {
         // Other pairs and SPIs have their own.
         assert_eq!(again.start(&key(3), 0x1234), 0);
         assert_eq!(again.start(&key(2), 0x1235), 0);
+    }
+
+    #[test]
+    fn an_sa_may_start_again_about_sixteen_times_under_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut res = Reservations::load(dir.path(), key(1)).unwrap();
+        let mut installs = 0;
+        loop {
+            let start = res.start(&key(2), 9);
+            if start > MAX_START {
+                break;
+            }
+            res.cover(&key(2), 9, start).unwrap();
+            installs += 1;
+        }
+        assert_eq!(installs, 16);
+        // Every start a fresh receiver can follow: its high 32 bits are 0
+        // and it lies below 2^31.
+        assert!(15 * STEP <= MAX_START);
     }
 
     #[test]
